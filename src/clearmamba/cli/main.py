@@ -1,0 +1,35 @@
+"""The ``clearmamba`` command. Each concern adds its commands from its own module; heavy imports stay
+inside the command functions so that ``clearmamba --help`` is fast."""
+
+from __future__ import annotations
+
+import typer
+
+from clearmamba import __version__
+
+app = typer.Typer(
+    name="clearmamba",
+    help="Uncertainty-aware angiography classification: train, evaluate, refer, and build datasets.",
+    no_args_is_help=True,
+    add_completion=False,
+)
+
+
+@app.command()
+def version() -> None:
+    """Print the clearmamba version."""
+    typer.echo(__version__)
+
+
+@app.command()
+def demo() -> None:
+    """Generate the built-in data, train CLEAR-Mamba and a softmax baseline, write the trust report."""
+    typer.echo("demo arrives with the CLEAR-Mamba issue")
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()
