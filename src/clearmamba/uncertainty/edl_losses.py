@@ -1,0 +1,147 @@
+"""Evidential deep learning losses (Sensoy et al. 2018), as batch means.
+
+Notation: evidence e >= 0 ``[b, k]``, alpha = e + 1, S = sum_k alpha_k, p = alpha / S, one-hot target y.
+RaP in CLEAR-Mamba trains with loss + lambda_t * KL(Dir(alpha~) || Dir(1)), lambda = 0.005 by default.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+
+import torch
+from torch import Tensor, nn
+
+from clearmamba.uncertainty.schedules import Constant
+
+
+def _one_hot(target: Tensor, evidence: Tensor) -> Tensor:
+    if target.ndim == evidence.ndim:  # already one-hot / soft targets
+        if target.shape != evidence.shape:
+            raise ValueError(f"target shape {tuple(target.shape)} != evidence shape {tuple(evidence.shape)}")
+        return target.to(evidence.dtype)
+    if target.ndim != 1 or target.shape[0] != evidence.shape[0]:
+        raise ValueError(
+            f"target must be int labels [batch] or one-hot [batch, classes]; got {tuple(target.shape)} "
+            f"for evidence {tuple(evidence.shape)}"
+        )
+    k = evidence.shape[-1]
+    if bool(((target < 0) | (target >= k)).any()):
+        raise ValueError(f"target labels must lie in [0, {k - 1}], got {target.tolist()}")
+    return torch.nn.functional.one_hot(target.long(), k).to(evidence.dtype)
+
+
+def max_likelihood_loss(alpha: Tensor, y: Tensor) -> Tensor:
+    # sum_k y_k (log S - log alpha_k)   (Type-II maximum likelihood, -log E[p_y])
+    total = alpha.sum(-1, keepdim=True)
+    return (y * (total.log() - alpha.log())).sum(-1)
+
+
+def cross_entropy_bayes_risk(alpha: Tensor, y: Tensor) -> Tensor:
+    # sum_k y_k (digamma(S) - digamma(alpha_k))   (E_Dir[-log p_y])
+    total = alpha.sum(-1, keepdim=True)
+    return (y * (torch.digamma(total) - torch.digamma(alpha))).sum(-1)
+
+
+def squared_error_bayes_risk(alpha: Tensor, y: Tensor) -> Tensor:
+    # sum_k (y_k - p_k)^2 + p_k (1 - p_k) / (S + 1)   (E_Dir ||y - p||^2)
+    total = alpha.sum(-1, keepdim=True)
+    p = alpha / total
+    return ((y - p) ** 2 + p * (1 - p) / (total + 1)).sum(-1)
+
+
+def kl_to_uniform_dirichlet(alpha: Tensor) -> Tensor:
+    # KL(Dir(a) || Dir(1)) = lgamma(S) - lgamma(K) - sum lgamma(a_k) + sum (a_k - 1)(digamma(a_k) - digamma(S))
+    k = alpha.shape[-1]
+    total = alpha.sum(-1)
+    first = torch.lgamma(total) - math.lgamma(k) - torch.lgamma(alpha).sum(-1)
+    second = ((alpha - 1) * (torch.digamma(alpha) - torch.digamma(total).unsqueeze(-1))).sum(-1)
+    return first + second
+
+
+def remove_target_evidence(alpha: Tensor, y: Tensor) -> Tensor:
+    # alpha~ = y + (1 - y) alpha: the target class is set to 1 so only misleading evidence is penalised
+    return y + (1 - y) * alpha
+
+
+EDL_LOSSES: dict[str, Callable[[Tensor, Tensor], Tensor]] = {
+    "mll": max_likelihood_loss,
+    "ce": cross_entropy_bayes_risk,
+    "sse": squared_error_bayes_risk,
+}
+
+
+def _loss_fn(name: str) -> Callable[[Tensor, Tensor], Tensor]:
+    try:
+        return EDL_LOSSES[name]
+    except KeyError:
+        raise ValueError(f"unknown evidential loss {name!r}; expected one of {sorted(EDL_LOSSES)}") from None
+
+
+def edl_loss(evidence: Tensor, target: Tensor, loss: str = "mll") -> Tensor:
+    """Batch-mean evidential data loss: ``mll`` (Type-II ML), ``ce`` or ``sse`` (Bayes risks).
+
+    ``evidence [b, k] >= 0``; ``target`` int labels ``[b]`` (or one-hot ``[b, k]``).
+    """
+    y = _one_hot(target, evidence)
+    return _loss_fn(loss)(evidence + 1, y).mean()
+
+
+def edl_kl(evidence: Tensor, target: Tensor, remove_target: bool = True) -> Tensor:
+    """Batch-mean KL(Dir(alpha~) || Dir(1)); with ``remove_target`` the target evidence is removed first."""
+    y = _one_hot(target, evidence)
+    alpha = evidence + 1
+    if remove_target:
+        alpha = remove_target_evidence(alpha, y)
+    return kl_to_uniform_dirichlet(alpha).mean()
+
+
+class EvidentialLoss(nn.Module):
+    """loss + lambda_t * KL, with lambda_t = ``kl_weight * annealing(epoch)``.
+
+    Defaults follow CLEAR-Mamba's RaP: max-likelihood loss, lambda = 0.005, target evidence removed, KL
+    annealed linearly over the first 10 epochs. Pass ``annealing=PiecewiseLinear(...)`` and
+    ``kl_weight=1`` for labml's schedule. Accepts evidence or a :class:`Prediction` with evidence.
+    """
+
+    def __init__(
+        self,
+        loss: str = "mll",
+        kl_weight: float = 0.005,
+        annealing: Callable[[float], float] | None = None,
+        remove_target: bool = True,
+    ) -> None:
+        super().__init__()
+        _loss_fn(loss)
+        if kl_weight < 0:
+            raise ValueError(f"kl_weight must be >= 0, got {kl_weight}")
+        self.loss = loss
+        self.kl_weight = kl_weight
+        self.annealing = annealing if annealing is not None else Constant(1.0)
+        self.remove_target = remove_target
+
+    def kl_coefficient(self, epoch: float | None) -> float:
+        # lambda_t = lambda * schedule(t); without a training clock the schedule's end value (1) applies
+        return self.kl_weight * (1.0 if epoch is None else self.annealing(epoch))
+
+    def forward(self, evidence, target: Tensor, epoch: float | None = None) -> Tensor:
+        evidence = getattr(evidence, "evidence", evidence)
+        if evidence is None:
+            raise ValueError("EvidentialLoss needs evidence: use it with an evidential (RaP) head")
+        data = edl_loss(evidence, target, self.loss)
+        coefficient = self.kl_coefficient(epoch)
+        if coefficient == 0:
+            return data
+        return data + coefficient * edl_kl(evidence, target, self.remove_target)
+
+
+class SoftmaxCrossEntropy(nn.Module):
+    """Cross-entropy on logits, with the same call signature as :class:`EvidentialLoss`."""
+
+    def __init__(self, label_smoothing: float = 0.0) -> None:
+        super().__init__()
+        self.label_smoothing = label_smoothing
+
+    def forward(self, logits, target: Tensor, epoch: float | None = None) -> Tensor:
+        logits = getattr(logits, "logits", logits)
+        return nn.functional.cross_entropy(logits, target, label_smoothing=self.label_smoothing)
