@@ -54,12 +54,16 @@ def _bin_index(confidence: Tensor, n_bins: int) -> Tensor:
 
 
 def _equal_mass_index(confidence: Tensor, n_bins: int) -> Tensor:
-    # sort by confidence, cut into n_bins runs whose sizes differ by at most one
+    # sort by confidence, cut into n_bins runs whose sizes differ by at most one; tied confidences
+    # all join the bin of the first of them, so the input order can never change the result
     b = confidence.numel()
     order = confidence.argsort(stable=True)
+    sorted_conf = confidence[order]
     rank_bin = torch.div(torch.arange(b) * n_bins, b, rounding_mode="floor")
+    new_value = torch.cat([torch.tensor([True]), sorted_conf[1:] != sorted_conf[:-1]])
+    run_start = torch.cummax(torch.where(new_value, torch.arange(b), 0), 0).values
     index = torch.empty(b, dtype=torch.long)
-    index[order] = rank_bin
+    index[order] = rank_bin[run_start]
     return index
 
 
@@ -117,7 +121,7 @@ def mce(probs: ArrayLike, labels: ArrayLike, n_bins: int = 15) -> float:
 
 
 def adaptive_ece(probs: ArrayLike, labels: ArrayLike, n_bins: int = 15) -> float:
-    """ECE over equal-mass bins (each holds ``b / n_bins`` samples, +-1), Nixon et al. 2019."""
+    """ECE over equal-mass bins (Nixon et al. 2019): ``b / n_bins`` samples each (+-1), ties kept together."""
     gap, weight = _calibration_gaps(reliability_bins(probs, labels, n_bins, equal_mass=True))
     return (gap * weight).sum().item()
 
