@@ -43,6 +43,16 @@ def test_ood_metrics_match_sklearn(seed):
     assert result["fpr95"] == pytest.approx(fpr[np.argmax(tpr >= 0.95)], abs=1e-12)
 
 
+def test_ood_metrics_by_named_set():
+    score_in = np.linspace(0, 1, 50)
+    sets = {"near": np.linspace(0.5, 1.5, 30), "far": np.linspace(5, 6, 30)}
+    result = ev.ood_metrics_by_set(score_in, sets)
+    assert set(result) == {"near", "far"}
+    assert result["far"] == ev.ood_metrics(score_in, sets["far"])
+    assert result["far"]["auroc"] == 1.0 and result["far"]["fpr95"] == 0.0
+    assert result["near"]["auroc"] < 1.0
+
+
 def test_fpr95_by_hand_at_exactly_95_percent():
     # 19 of 20 OOD scores sit above every ID score; the 20th is below two of the four ID scores
     score_in = [0.0, 1.0, 2.0, 3.0]

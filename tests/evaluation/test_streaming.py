@@ -59,3 +59,19 @@ def test_streamed_score_metrics_equal_functional():
 def test_compute_before_update_raises():
     with pytest.raises(ValueError, match="AURC: compute"):
         ev.AURC().compute()
+
+
+def test_states_merge_like_two_processes():
+    # merge_state applies each state's dist_reduce_fx (sum / cat), as a DDP sync would
+    probs, labels = random_predictions(n=200, seed=3)
+    score = 1 - probs.max(-1).values
+    correct = probs.argmax(-1) == labels
+    for make, args, expected in [
+        (ev.ECE, (probs, labels), ev.ece(probs, labels)),
+        (ev.AURC, (score, correct), ev.aurc(score, correct)),
+    ]:
+        first, second = make(), make()
+        first.update(*(a[:120] for a in args))
+        second.update(*(a[120:] for a in args))
+        first.merge_state(second)
+        assert first.compute().item() == pytest.approx(expected, abs=1e-12)
