@@ -80,6 +80,15 @@ def test_accuracy_f1_recall_match_sklearn(predictions):
     )
 
 
+def test_class_without_samples():
+    # class 2 never occurs: F1 averages over classes 0 and 1 (1 and 2/3), its recall is undefined
+    probs = torch.tensor([[0.9, 0.05, 0.05], [0.1, 0.8, 0.1], [0.8, 0.1, 0.1]])
+    labels = torch.tensor([0, 1, 1])
+    assert ev.macro_f1(probs, labels) == pytest.approx((2 / 3 + 2 / 3) / 2)
+    recall = ev.per_class_recall(probs, labels)
+    assert recall[:2].tolist() == [1.0, 0.5] and torch.isnan(recall[2])
+
+
 def test_brier_and_nll_match_sklearn():
     probs, labels = random_predictions(dtype=torch.float64)
     k = probs.shape[1]

@@ -35,15 +35,17 @@ def accuracy(probs: ArrayLike, labels: ArrayLike) -> float:
 
 
 def macro_f1(probs: ArrayLike, labels: ArrayLike) -> float:
-    # classes absent from both labels and predictions count as F1 = 0 in torchmetrics; report what it reports
+    # classes absent from both labels and predictions are left out of the mean (torchmetrics, like sklearn)
     p, y = as_probs_labels(probs, labels)
     return multiclass_f1_score(p, y, num_classes=p.shape[1], average="macro").item()
 
 
 def per_class_recall(probs: ArrayLike, labels: ArrayLike) -> Tensor:
-    """Recall (sensitivity) of each class, ``[k]``."""
+    """Recall (sensitivity) of each class, ``[k]``; NaN for a class without samples (torchmetrics says 0)."""
     p, y = as_probs_labels(probs, labels)
-    return multiclass_recall(p, y, num_classes=p.shape[1], average="none")
+    recall = multiclass_recall(p, y, num_classes=p.shape[1], average="none")
+    present = torch.bincount(y, minlength=p.shape[1]) > 0
+    return torch.where(present, recall, torch.full_like(recall, float("nan")))
 
 
 def _bin_index(confidence: Tensor, n_bins: int) -> Tensor:
