@@ -326,3 +326,18 @@ def test_write_is_atomic_and_replaces(tmp_path):
     assert path == target and path.read_text().startswith("<!DOCTYPE html>")
     assert os.listdir(target.parent) == ["report.html"]  # no temporary file left behind
     assert stat.S_IMODE(path.stat().st_mode) == 0o644
+
+
+def test_perfect_model_has_no_wrong_answers_to_show(tmp_path):
+    g = torch.Generator().manual_seed(4)
+    labels = torch.randint(0, K, (30,), generator=g)
+    logits = 5 * torch.nn.functional.one_hot(labels, K).double()
+    predictions = {"perfect": {"test": Prediction.from_logits(logits, labels=labels)}}
+    metrics = compute_report_metrics(predictions, class_names=CLASSES, n_boot=5)
+    entry = metrics["models"]["perfect"]["sets"]["test"]
+    assert entry["accuracy"] == 1.0 and entry["n_wrong"] == 0
+    assert entry["wrong_confidence_median"] is None and entry["misclassification_auroc"] is None
+    assert entry["ci95"]["wrong_confidence_median"] == [None, None]
+    text = write_report(tmp_path / "r.html", predictions, class_names=CLASSES, metrics=metrics).read_text()
+    assert "no wrong answers" not in take_home_messages(metrics)[0]  # the headline sentence is skipped
+    assert "100.0%" in text

@@ -134,19 +134,11 @@ def reliability_figure(panels: Sequence[tuple[str, Tensor, Tensor]], n_bins: int
             lower, upper = bins["lower"].numpy(), bins["upper"].numpy()
             acc, count = bins["accuracy"].numpy(), bins["count"].numpy()
             filled = count > 0
-            ax.bar(lower[filled], acc[filled], width=(upper - lower)[filled], align="edge", color=SKY, ec=BLUE)
+            # bars resting on fewer than 5 answers are drawn pale: their height is mostly chance
+            colours = [SKY if c >= 5 else "#d6ecf8" for c in count[filled]]
+            ax.bar(lower[filled], acc[filled], width=(upper - lower)[filled], align="edge", color=colours, ec=BLUE)
             ax.plot([0, 1], [0, 1], ls="--", color=BLACK, lw=1.5)
-            ax.text(
-                0.5,
-                0.5,
-                "honest: said = got",
-                fontsize=11,
-                rotation=45,
-                ha="center",
-                va="center",
-                color=BLACK,
-                bbox={"boxstyle": "round,pad=0.15", "fc": "white", "ec": "none", "alpha": 0.8},
-            )
+            ax.text(0.16, 0.2, "honest:\nsaid = got", fontsize=11, rotation=45, ha="center", va="center", color=BLACK)
             for lo, hi, a, c in zip(lower[filled], upper[filled], acc[filled], count[filled]):
                 ax.text((lo + hi) / 2, min(a, 0.93) + 0.02, f"{int(c)}", ha="center", fontsize=9, color="#444444")
             ax.set(xlim=(0, 1), ylim=(0, 1.02), title=plain(title))

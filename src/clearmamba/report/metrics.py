@@ -319,6 +319,8 @@ def _compute(predictions, class_names, ood_sets, primary_score, n_boot, seed, re
                 _, correct = ev.top_label(pred.probs, pred.labels)
                 for s in entry["by_score"]:
                     entry["by_score"][s]["aurc"] = ev.aurc(pred.score(s), correct)
+                    detection = ev.misclassification_metrics(pred.score(s), correct)
+                    entry["by_score"][s]["misclassification_auroc"] = _finite(detection["auroc"])
             sets[name] = entry
 
         # OOD detection: the reference set's scores against each OOD set's

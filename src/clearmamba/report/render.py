@@ -45,6 +45,20 @@ pre{white-space:pre-wrap;font-size:14px;margin:0}
 """
 
 
+GLOSSARY = """<h2 id="terms">Terms</h2><dl>
+<dt><b>Uncertainty score</b></dt><dd>How unsure the model is about one exam; higher = less sure. For an evidential
+(RaP) model K/S: the number of classes divided by the total evidence the model collected (1 = no evidence at all).
+For a softmax model: 1 minus its top probability.</dd>
+<dt><b>Calibration error (ECE)</b></dt><dd>How far, on average, the model's stated confidence is from how often it is
+right (15 confidence bins). 0% = confidence can be taken at face value.</dd>
+<dt><b>AURC</b></dt><dd>Error rate on the exams the model keeps, averaged over every share of referrals. Lower = its
+mistakes sit among the exams it is unsure about, so referring those removes them.</dd>
+<dt><b>AUROC</b></dt><dd>Chance that a random unfamiliar image (or a wrong answer) gets a higher uncertainty than a
+random normal exam (or a right answer). 1.00 = always, 0.50 = coin toss.</dd>
+<dt><b>95% interval</b></dt><dd>Range of the value over bootstrap resamples of the exams; wide intervals mean few
+exams.</dd></dl>"""
+
+
 def esc(x: Any) -> str:
     return html.escape(str(x), quote=True)
 
@@ -191,16 +205,17 @@ def _score_table(metrics: Mapping) -> str:
                 rows.append(
                     f'<tr><td class="l">{esc(model)}</td><td class="l">{esc(set_name)}</td>'
                     f'<td class="l">{esc(score_label(score) + mark)}</td><td>{esc(_num(values.get("aurc"), 3))}</td>'
-                    f'<td class="l">{esc(ood)}</td></tr>'
+                    f'<td>{esc(_num(values.get("misclassification_auroc")))}</td><td class="l">{esc(ood)}</td></tr>'
                 )
     if not rows:
         return ""
     return (
         '<h2 id="scores">Every uncertainty score, compared</h2><p class="caption">The same predictions ranked by '
         "each uncertainty score the model offers. Lower AURC = its least sure cases hold more of its errors; "
+        "'flags own mistakes' = AUROC of the score for telling wrong from right answers; "
         "higher OOD AUROC = better at flagging unfamiliar images.</p>"
         '<table><tr><th class="l">Model</th><th class="l">Set</th><th class="l">Score</th><th>AURC ↓</th>'
-        f'<th class="l">OOD AUROC ↑</th></tr>{"".join(rows)}</table>'
+        f'<th>Flags own mistakes (AUROC) ↑</th><th class="l">OOD AUROC ↑</th></tr>{"".join(rows)}</table>'
     )
 
 
@@ -339,7 +354,8 @@ def _figures_html(
             fg.reliability_figure(panels, cols=n_models if n_models > 1 else 3),
             "reliability diagrams",
             "Each bar collects the answers given with about the same confidence (10 bins) and shows how often "
-            "they were right; small numbers are how many answers each bar holds. Bars on the dashed line mean the "
+            "they were right; small numbers are how many answers each bar holds (pale bars: fewer than 5, "
+            "mostly chance). Bars on the dashed line mean the "
             "model's confidence can be taken at face value; bars below it mean it claims more than it delivers.",
         )
     ood_panels = []
@@ -423,7 +439,7 @@ def render_report(
         if ranking not in predictions:
             raise ValueError(f"gallery_model: {ranking!r} is not one of the models {list(predictions)}")
         parts.append(_gallery(predictions, metrics, gallery, ranking, class_names, n_gallery))
-    parts += [_score_table(metrics), _metadata_table(metadata), "</body></html>"]
+    parts += [_score_table(metrics), GLOSSARY, _metadata_table(metadata), "</body></html>"]
     return "\n".join(p for p in parts if p)
 
 
