@@ -355,7 +355,7 @@ def _figures_html(
             "reliability diagrams",
             "Each bar collects the answers given with about the same confidence (10 bins) and shows how often "
             "they were right; small numbers are how many answers each bar holds (pale bars: fewer than 5, "
-            "mostly chance). Bars on the dashed line mean the "
+            "mostly chance). Bars on the dashed 'honest' line mean the "
             "model's confidence can be taken at face value; bars below it mean it claims more than it delivers.",
         )
     ood_panels = []
