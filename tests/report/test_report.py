@@ -12,7 +12,7 @@ import torch
 from sklearn.metrics import accuracy_score, recall_score, roc_auc_score
 from torchmetrics.functional.classification import multiclass_calibration_error
 
-from clearmamba.report import compute_report_metrics, take_home_messages, write_report
+from clearmamba.report import compute_report_metrics, headline_metrics, take_home_messages, write_report
 from clearmamba.uncertainty import Prediction
 
 K = 3
@@ -341,3 +341,21 @@ def test_perfect_model_has_no_wrong_answers_to_show(tmp_path):
     text = write_report(tmp_path / "r.html", predictions, class_names=CLASSES, metrics=metrics).read_text()
     assert "no wrong answers" not in take_home_messages(metrics)[0]  # the headline sentence is skipped
     assert "100.0%" in text
+
+
+def test_headline_metrics_is_the_compact_view(metrics):
+    compact = headline_metrics(metrics)
+    for model, sets in compact.items():
+        full = metrics["models"][model]["sets"]
+        assert compact[model]["test"]["accuracy"] == full["test"]["accuracy"]
+        assert compact[model]["test"]["ood_auroc"] == full["test"]["ood_auroc"]
+        assert set(sets["test"]) == {
+            "n",
+            "accuracy",
+            "ece",
+            "wrong_confidence_median",
+            "aurc",
+            "ood_auroc",
+            "primary_score",
+        }
+        assert "accuracy" not in sets["ood_noise"] and "ood_noise" in sets["ood_noise"]["ood_auroc"]

@@ -4,8 +4,8 @@
 the numbers it shows (for a ``metrics.json``). Matplotlib is imported only when figures are drawn.
 """
 
-from clearmamba.report.metrics import compute_report_metrics
+from clearmamba.report.metrics import compute_report_metrics, headline_metrics
 from clearmamba.report.render import render_report, write_report
 from clearmamba.report.summary import take_home_messages
 
-__all__ = ["compute_report_metrics", "render_report", "take_home_messages", "write_report"]
+__all__ = ["compute_report_metrics", "headline_metrics", "render_report", "take_home_messages", "write_report"]

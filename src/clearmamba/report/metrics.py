@@ -369,3 +369,20 @@ def main_set(metrics: Mapping[str, Any]) -> str | None:
         if reference in labelled:
             return reference
     return labelled[0] if labelled else None
+
+
+HEADLINE_KEYS = ("n", "accuracy", "ece", "wrong_confidence_median", "aurc", "ood_auroc")
+
+
+def headline_metrics(metrics: Mapping[str, Any]) -> dict[str, dict[str, dict[str, Any]]]:
+    """``{model: {eval_set: {n, accuracy, ece, wrong_confidence_median, aurc, ood_auroc}}}`` for a metrics.json.
+
+    Keys a set does not have (accuracy of an unlabelled OOD set, ``ood_auroc`` without OOD sets) are left out.
+    """
+    return {
+        model: {
+            name: {k: entry[k] for k in HEADLINE_KEYS if k in entry} | {"primary_score": m["primary_score"]}
+            for name, entry in m["sets"].items()
+        }
+        for model, m in metrics["models"].items()
+    }
