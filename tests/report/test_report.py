@@ -359,3 +359,32 @@ def test_headline_metrics_is_the_compact_view(metrics):
             "primary_score",
         }
         assert "accuracy" not in sets["ood_noise"] and "ood_noise" in sets["ood_noise"]["ood_auroc"]
+
+
+def test_unknown_labels_mark_unlabelled_and_ood_sets(tmp_path):
+    probs, labels = calibrated_probs(40, seed=13)
+    unknown = torch.full((25,), -1)  # the built-in OOD sets carry label -1
+    ood_probs = calibrated_probs(25, seed=14)[0]
+    predictions = {
+        "m": {
+            "test": Prediction(probs=probs, labels=labels, ids=[f"t{i}" for i in range(40)]),
+            "external": Prediction(probs=ood_probs, labels=unknown, ids=[f"e{i}" for i in range(25)]),
+            "ood_other": Prediction(probs=ood_probs, labels=unknown, ids=[f"o{i}" for i in range(25)]),
+        }
+    }
+    metrics = compute_report_metrics(predictions, class_names=CLASSES, n_boot=5)
+    sets = metrics["models"]["m"]["sets"]
+    assert sets["external"]["role"] == "unlabelled" and "accuracy" not in sets["external"]
+    assert sets["ood_other"]["role"] == "ood" and "ood_other" in sets["test"]["ood_auroc"]
+    # the most uncertain exam of the familiar sets is unlabelled: shown without a true class or right/wrong
+    uncertain = Prediction(probs=torch.full((1, K), 1 / K, dtype=torch.float64), labels=torch.tensor([-1]), ids=["u"])
+    predictions["m"]["external"] = Prediction.cat([predictions["m"]["external"], uncertain])
+    text = write_report(
+        tmp_path / "r.html", predictions, class_names=CLASSES, gallery={"u": frames(), "t0": frames()}, n_boot=0
+    ).read_text()
+    first = text[text.index("<b>Exam u</b>") :]
+    assert first.index("unknown / not applicable") < first.index("<b>Exam t0</b>")
+    assert 'class="wrong"' not in first[: first.index("<b>Exam t0</b>")]
+    mixed = Prediction(probs=probs, labels=torch.where(labels == 0, -1, labels))
+    with pytest.raises(ValueError, match=r"\['test'\]\.labels: \d+ of 40 labels are negative"):
+        compute_report_metrics({"m": {"test": mixed}}, class_names=CLASSES, n_boot=0)

@@ -239,6 +239,21 @@ def ood_auroc_with_ci(score_in: Tensor, score_out: Tensor, n_boot: int, seed: in
 # ---- the whole report -------------------------------------------------------------------------------
 
 
+def _unlabelled(pred: Prediction, where: str) -> bool:
+    """No labels, or only negative ones (``-1`` = unknown, as the built-in OOD sets carry)."""
+    if pred.labels is None:
+        return True
+    unknown = pred.labels < 0
+    if bool(unknown.all()):
+        return True
+    if bool(unknown.any()):
+        raise ValueError(
+            f"{where}.labels: {int(unknown.sum())} of {len(unknown)} labels are negative (unknown); expected "
+            "all known class indices, or all unknown for an unlabelled / OOD set"
+        )
+    return False
+
+
 def _check_inputs(predictions: Mapping[str, Mapping[str, Prediction]], class_names: Sequence[str]) -> None:
     if not predictions:
         raise ValueError("predictions: expected {model: {eval_set: Prediction}}, got an empty dict")
@@ -298,7 +313,7 @@ def _compute(predictions, class_names, ood_sets, primary_score, n_boot, seed, re
             if name in oods:
                 entry = {"n": len(pred), "role": "ood", "ood_reference": reference_of[name]}
                 entry["mean_uncertainty"] = pred.score(score_name).double().mean().item()
-            elif pred.labels is None:
+            elif _unlabelled(pred, where):
                 entry = {"n": len(pred), "role": "unlabelled"}
                 entry["mean_uncertainty"] = pred.score(score_name).double().mean().item()
             else:

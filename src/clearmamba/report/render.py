@@ -252,12 +252,17 @@ def _gallery(
         return ""
     candidates.sort(key=lambda c: -c[0])
     cards = []
-    for _, set_name, i in candidates[:n_exams]:
+    shown: set[str] = set()
+    for _, set_name, i in candidates:
         exam_id = str(predictions[ranking_model][set_name].ids[i])
+        if exam_id in shown:  # the same exam in two eval sets
+            continue
+        if len(shown) == n_exams:
+            break
+        shown.add(exam_id)
         labels = predictions[ranking_model][set_name].labels
-        truth = (
-            class_names[int(labels[i])] if labels is not None and set_name not in oods else "unknown / not applicable"
-        )
+        labelled = metrics["models"][ranking_model]["sets"][set_name]["role"] == "in-distribution"
+        truth = class_names[int(labels[i])] if labelled else "unknown / not applicable"
         lines = []
         for model, per_set in predictions.items():
             pred = per_set.get(set_name)
@@ -268,7 +273,7 @@ def _gallery(
                 continue
             said = int(pred.predicted[where])
             mark = ""
-            if labels is not None and set_name not in oods:
+            if labelled:
                 mark = (
                     ' <span class="right">right</span>'
                     if said == int(labels[i])
