@@ -179,8 +179,12 @@ def labelled_metrics(
     seed: int = 0,
     fractions: Sequence[float] = REFERRAL_FRACTIONS,
     where: str = "prediction",
+    groups: Sequence | None = None,
 ) -> dict[str, Any]:
-    """Accuracy, calibration, wrong-answer confidence and selective prediction of one labelled set."""
+    """Accuracy, calibration, wrong-answer confidence and selective prediction of one labelled set.
+
+    ``groups`` (one patient or eye id per exam) makes the bootstrap resample whole groups.
+    """
     probs, labels = _arrays(pred, where)
     score = pred.score(score_name).detach().cpu().double()
     confidence, correct = ev.top_label(probs, labels)
@@ -192,7 +196,7 @@ def labelled_metrics(
         wrong = conf[~ok]
         return float("nan") if wrong.numel() == 0 else torch.quantile(wrong, 0.5).item()
 
-    boot = {"n_boot": max(n_boot, 1), "seed": seed}
+    boot = {"n_boot": max(n_boot, 1), "seed": seed, "groups": groups}
     entry: dict[str, Any] = {
         "n": len(labels),
         "accuracy": ev.accuracy(probs, labels),
@@ -227,12 +231,24 @@ def _ood_arrays(score_in: Tensor, score_out: Tensor) -> tuple[Tensor, Tensor]:
     return score, is_ood
 
 
-def ood_auroc_with_ci(score_in: Tensor, score_out: Tensor, n_boot: int, seed: int = 0) -> dict[str, Any]:
+def ood_auroc_with_ci(
+    score_in: Tensor,
+    score_out: Tensor,
+    n_boot: int,
+    seed: int = 0,
+    groups_in: Sequence | None = None,
+    groups_out: Sequence | None = None,
+) -> dict[str, Any]:
+    """``ev.ood_metrics`` plus a bootstrap interval of the AUROC (whole groups when both sets have them)."""
     detail = ev.ood_metrics(score_in, score_out)
     out = {k: _finite(v) for k, v in detail.items()}
     if n_boot > 0:
         score, is_ood = _ood_arrays(score_in, score_out)
-        out["auroc_ci95"] = _interval(ev.bootstrap_ci(ev.auroc, score, is_ood, n_boot=n_boot, seed=seed))
+        groups = None
+        if groups_in is not None and groups_out is not None:
+            # prefixed so that an id shared by the two sets still names two different groups
+            groups = [f"in:{g}" for g in groups_in] + [f"out:{g}" for g in groups_out]
+        out["auroc_ci95"] = _interval(ev.bootstrap_ci(ev.auroc, score, is_ood, n_boot=n_boot, seed=seed, groups=groups))
     return out
 
 
@@ -281,8 +297,12 @@ def compute_report_metrics(
     n_boot: int = 200,
     seed: int = 0,
     referral_fractions: Sequence[float] = REFERRAL_FRACTIONS,
+    groups: Mapping[str, Sequence] | None = None,
 ) -> dict[str, Any]:
     """Every number of the trust report, JSON-ready.
+
+    ``groups``: ``{eval_set: patient (or eye) id of each exam}``; the bootstrap of those sets then
+    resamples whole patients, since exams of one patient are not independent.
 
     Layout: ``result["models"][model]["sets"][eval_set]`` holds ``n``, ``role`` and, for labelled
     in-distribution sets, ``accuracy``, ``ece`` (15 bins), ``wrong_confidence_median``, ``aurc`` (of
@@ -293,11 +313,36 @@ def compute_report_metrics(
     """
     with single_thread():
         return _compute(
-            predictions, [str(c) for c in class_names], ood_sets, primary_score, n_boot, seed, referral_fractions
+            predictions,
+            [str(c) for c in class_names],
+            ood_sets,
+            primary_score,
+            n_boot,
+            seed,
+            referral_fractions,
+            _check_groups(predictions, groups),
         )
 
 
-def _compute(predictions, class_names, ood_sets, primary_score, n_boot, seed, referral_fractions) -> dict[str, Any]:
+def _check_groups(predictions: Mapping[str, Mapping[str, Prediction]], groups: Mapping | None) -> dict[str, list]:
+    groups = dict(groups or {})
+    names = set_names(predictions)
+    for name, ids in groups.items():
+        if name not in names:
+            raise ValueError(f"groups: eval set {name!r} is not in the predictions (known: {names})")
+        ids = groups[name] = [str(g) for g in ids]
+        for model, per_set in predictions.items():
+            if name in per_set and len(per_set[name]) != len(ids):
+                raise ValueError(
+                    f"groups[{name!r}]: expected one group id per exam ({len(per_set[name])} for model "
+                    f"{model!r}), got {len(ids)}"
+                )
+    return groups
+
+
+def _compute(
+    predictions, class_names, ood_sets, primary_score, n_boot, seed, referral_fractions, groups
+) -> dict[str, Any]:
     _check_inputs(predictions, class_names)
     resolved = resolve_ood_sets(predictions, ood_sets)
     oods = ood_names(resolved)
@@ -327,6 +372,7 @@ def _compute(predictions, class_names, ood_sets, primary_score, n_boot, seed, re
                         seed=seed,
                         fractions=referral_fractions,
                         where=where,
+                        groups=groups.get(name),
                     )
                 )
             entry["by_score"] = {s: {} for s in pred.available_scores()}
@@ -349,7 +395,12 @@ def _compute(predictions, class_names, ood_sets, primary_score, n_boot, seed, re
             ref_entry.setdefault("ci95", {})
             for o in names:
                 detail = ood_auroc_with_ci(
-                    per_set[reference].score(score_name), per_set[o].score(score_name), n_boot, seed
+                    per_set[reference].score(score_name),
+                    per_set[o].score(score_name),
+                    n_boot,
+                    seed,
+                    groups.get(reference),
+                    groups.get(o),
                 )
                 ref_entry["ood_auroc"][o] = detail["auroc"]
                 ref_entry["ood_detail"][o] = detail
@@ -367,6 +418,7 @@ def _compute(predictions, class_names, ood_sets, primary_score, n_boot, seed, re
         "class_names": class_names,
         "ood_sets": resolved,
         "n_boot": n_boot,
+        "bootstrap_groups": sorted(groups),
         "referral_fractions": list(referral_fractions),
         "models": models,
     }

@@ -63,6 +63,13 @@ def esc(x: Any) -> str:
     return html.escape(str(x), quote=True)
 
 
+def _grouping(metrics: Mapping) -> str:
+    grouped = metrics.get("bootstrap_groups") or []
+    if not grouped:
+        return " of exams"
+    return " of whole patients (" + ", ".join(f"'{g}'" for g in grouped) + "), of exams elsewhere"
+
+
 def _pct(x: float | None, digits: int = 0) -> str:
     return "n/a" if x is None else f"{100 * x:.{digits}f}%"
 
@@ -412,7 +419,7 @@ def render_report(
         f"<h1>{esc(title)}</h1>",
         f"<div class='sub'>Generated {esc(dt.datetime.now(dt.UTC).strftime('%Y-%m-%d %H:%M UTC'))} · models: "
         f"{esc(', '.join(predictions))} · evaluation sets: {esc(set_list)} · 95% intervals from "
-        f"{esc(metrics['n_boot'])} bootstrap resamples</div>",
+        f"{esc(metrics['n_boot'])} bootstrap resamples{esc(_grouping(metrics))}</div>",
         "<div class='take'><h2 style='margin-top:8px;border:none'>Take-home messages</h2><ul>"
         + "".join(f"<li>{esc(m)}</li>" for m in messages)
         + "</ul></div>",
@@ -476,6 +483,7 @@ def write_report(
     title: str = "Trust report",
     metadata: Mapping[str, Any] | None = None,
     n_boot: int = 200,
+    groups: Mapping[str, Sequence] | None = None,
     metrics: Mapping[str, Any] | None = None,
 ) -> Path:
     """Write the trust report for ``predictions[model][eval_set]`` to ``path`` (one HTML file) and return it.
@@ -484,12 +492,18 @@ def write_report(
     first other set is their reference. ``primary_score``: per model the uncertainty score the figures
     use (default ``vacuity`` when the model has evidence, else ``msp``). ``gallery``: exam id -> frames
     ``[t, c, h, w]``; the ``n_gallery`` exams ``gallery_model`` (default: the first model) is least sure
-    about are shown. ``metrics``: pass the result of :func:`compute_report_metrics` to avoid computing it twice.
+    about are shown. ``groups``: ``{eval_set: patient id per exam}`` for a bootstrap over patients.
+    ``metrics``: pass the result of :func:`compute_report_metrics` to avoid computing it twice.
     """
     predictions = {m: {s: p.detach().to("cpu") for s, p in per_set.items()} for m, per_set in predictions.items()}
     if metrics is None:
         metrics = compute_report_metrics(
-            predictions, class_names=class_names, ood_sets=ood_sets, primary_score=primary_score, n_boot=n_boot
+            predictions,
+            class_names=class_names,
+            ood_sets=ood_sets,
+            primary_score=primary_score,
+            n_boot=n_boot,
+            groups=groups,
         )
     with single_thread():
         page = render_report(
