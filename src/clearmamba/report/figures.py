@@ -45,7 +45,6 @@ STYLE = {
     "axes.grid": True,
     "grid.alpha": 0.25,
     "figure.dpi": 100,
-    "savefig.bbox": "tight",
 }
 
 
