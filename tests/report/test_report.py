@@ -411,3 +411,13 @@ def test_bootstrap_resamples_whole_patients_when_groups_are_given(tmp_path):
     assert "of whole patients (&#x27;test&#x27;)" in text
     with pytest.raises(ValueError, match=r"groups\['test'\]: expected one group id per exam \(120"):
         compute_report_metrics(predictions, class_names=CLASSES, n_boot=5, groups={"test": patients[:10]})
+
+
+def test_bad_gallery_is_named(tmp_path):
+    probs, labels = calibrated_probs(20, seed=1)
+    predictions = {"m": {"test": Prediction(probs=probs, labels=labels, ids=[f"e{i}" for i in range(20)])}}
+    with pytest.raises(ValueError, match=r"gallery\['e3'\]: expected frames as a tensor"):
+        write_report(tmp_path / "r.html", predictions, class_names=CLASSES, gallery={"e3": [[1, 2]]}, n_boot=0)
+    with pytest.raises(ValueError, match="gallery_model: 'x' is not one of the models"):
+        write_report(tmp_path / "r.html", predictions, class_names=CLASSES, gallery_model="x", n_boot=0)
+    assert not (tmp_path / "r.html").exists()

@@ -294,6 +294,8 @@ def _to_display(frame: np.ndarray) -> np.ndarray:
 
 def film_strip(frames: Tensor, max_frames: int = 8, height: float = 1.6) -> str:
     """Frames ``[t, c, h, w]`` of one exam side by side, evenly subsampled to ``max_frames``."""
+    if not isinstance(frames, torch.Tensor):
+        raise TypeError(f"expected frames as a tensor [t, c, h, w], got {type(frames).__name__}")
     x = frames.detach().cpu().float()
     if x.ndim == 3:  # [t, h, w]
         x = x[:, None]
