@@ -212,10 +212,10 @@ def _lesions(kind: str, p: dict, d: torch.Tensor, angle: torch.Tensor, prog: tor
     pg = prog[:, :, None, None]
     ones = torch.ones_like(d[:, None])
     if kind == "leakage":  # grows in size and brightness through the late frames, fuzzy margin
-        radius, level = R * (0.3 + 0.7 * pg), bright * (0.15 + 0.85 * pg)
+        radius, level = R * (0.25 + 0.75 * pg), bright * (0.1 + 0.9 * pg)
         return level * _sig((radius - d[:, None]) / (0.25 * R)), ones
     if kind == "staining":  # bright from mid frames on, constant size: same final appearance as leakage
-        level = bright * ((pg - 0.2) / 0.4).clamp(0, 1)
+        level = bright * ((pg - 0.15) / 0.3).clamp(0, 1)
         return level * _sig((R - d[:, None]) / (0.25 * R)), ones
     if kind == "pooling":  # fills a sharply bounded (elliptic) space gradually, stays bright
         a, c, rot = p["ellipse"][:, 0], p["ellipse"][:, 1], p["ellipse"][:, 2]
@@ -230,7 +230,7 @@ def _lesions(kind: str, p: dict, d: torch.Tensor, angle: torch.Tensor, prog: tor
         wobble = amp[:, None, None] * torch.sin(lobes[:, None, None] * angle + phase[:, None, None])
         border = 2.2 * R[:, 0] * (1 + wobble)
         zone = _sig((border - d) / 0.02)
-        return torch.zeros((b, t, *d.shape[1:])), (1 - 0.9 * zone)[:, None]
+        return torch.zeros((b, t, *d.shape[1:])), (1 - 0.9 * p["strength"][:, None, None] * zone)[:, None]
     if kind == "microaneurysms":  # pinpoint dots lighting up with the arterial phase, slowly fading
         dots = torch.zeros_like(d)
         for k in range(MAX_DOTS):
@@ -250,7 +250,7 @@ def _lesions(kind: str, p: dict, d: torch.Tensor, angle: torch.Tensor, prog: tor
             rim = rim + on * torch.exp(-(((dk - 0.05) / 0.018) ** 2))
             centre = torch.maximum(centre, on * _sig((0.035 - dk) / 0.01))
         level = bright * (0.5 + 0.8 * curves["choroid"][:, :, None, None])
-        return level * rim[:, None], (1 - 0.8 * centre)[:, None]
+        return level * rim[:, None], (1 - 0.8 * p["strength"][:, None, None] * centre)[:, None]
     return torch.zeros((b, t, *d.shape[1:])), ones
 
 
@@ -318,7 +318,7 @@ def _render_chunk(plan: dict, sl: slice, cfg: SimulatorConfig, kinds: tuple[str,
     d, angle = torch.sqrt(dx**2 + dy**2), torch.atan2(dy, dx)
     keys = ("radius", "brightness", "ellipse", "wobble", "dots", "scar_angle", "scar_radius")
     params = {k: take(k) for k in keys}
-    params.update(dot_count=take("dot_count"), dx=dx, dy=dy)
+    params.update(dot_count=take("dot_count"), dx=dx, dy=dy, strength=torch.full((b,), cfg.lesion_strength))
 
     lesion = torch.zeros((b, cfg.frames, size, size))
     perfusion = torch.ones((b, 1, size, size))
