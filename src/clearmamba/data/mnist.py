@@ -39,6 +39,8 @@ def images_to_examset(
 ) -> ExamSet:
     """``images [n, h, w]`` or ``[n, h, w, c]`` (uint8, or float in [0, 1]) as one-frame exams."""
     images = np.asarray(images)
+    if not images.flags.writeable:
+        images = images.copy()
     if images.ndim == 3:
         images = images[..., None]
     if images.ndim != 4:
