@@ -236,9 +236,9 @@ def _lesions(kind: str, p: dict, d: torch.Tensor, angle: torch.Tensor, prog: tor
         for k in range(MAX_DOTS):
             on = (p["dot_count"] > k).float()[:, None, None]
             r2 = (xx - p["dots"][:, k, 0, None, None]) ** 2 + (yy - p["dots"][:, k, 1, None, None]) ** 2
-            dots = dots + on * torch.exp(-r2 / (2 * 0.02**2))
+            dots = dots + on * torch.exp(-r2 / (2 * 0.024**2))
         u = curves["u"][:, :, None, None]
-        level = 1.6 * bright * _sig((u - 1.5) / 0.8) * (0.7 + 0.3 * torch.exp(-u.clamp(min=0) / 300))
+        level = 2.2 * bright * _sig((u - 1.5) / 0.8) * (0.7 + 0.3 * torch.exp(-u.clamp(min=0) / 300))
         return level * dots[:, None], ones
     if kind == UNSEEN_PATTERN:  # rings with hyperfluorescent rims (window defects) and dark pigmented centres
         rim, centre = torch.zeros_like(d), torch.zeros_like(d)
@@ -352,7 +352,7 @@ def _render_chunk(plan: dict, sl: slice, cfg: SimulatorConfig, kinds: tuple[str,
     )
     zero = torch.zeros_like(a)
     ffa = torch.stack(
-        [c, 0.35 * (0.6 * a + 0.4 * v), 0.8 * a, 0.8 * v, 0.35 * a + 0.3 * late, 0.06 * late, zero, zero],
+        [c, 0.35 * (0.6 * a + 0.4 * v), 0.7 * a, 0.7 * v, 0.35 * a + 0.3 * late, 0.06 * late, zero, zero],
         dim=-1,
     )
     icg = torch.stack([zero, 0.12 * c, 0.55 * a, 0.55 * v, 0.15 * a, zero, 0.55 * c, 0.18 * late], dim=-1)
