@@ -160,3 +160,15 @@ def test_bad_config_errors_name_the_field():
         SimulatorConfig(heldout_devices=("nope",))
     with pytest.raises(ValueError, match="devices"):
         simulate_exams(2, SimulatorConfig(size=16), devices=("nope",))
+
+
+def test_importing_the_data_package_stays_light():
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, clearmamba.data, clearmamba.data.angiography, clearmamba.data.loaders;"
+        "print(sorted({m.split('.')[0] for m in sys.modules} & {'skimage', 'scipy', 'PIL', 'sklearn'}))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"

@@ -232,11 +232,12 @@ def _lesions(kind: str, p: dict, d: torch.Tensor, angle: torch.Tensor, prog: tor
         zone = _sig((border - d) / 0.02)
         return torch.zeros((b, t, *d.shape[1:])), (1 - 0.9 * p["strength"][:, None, None] * zone)[:, None]
     if kind == "microaneurysms":  # pinpoint dots lighting up with the arterial phase, slowly fading
-        dots = torch.zeros_like(d)
-        for k in range(MAX_DOTS):
-            on = (p["dot_count"] > k).float()[:, None, None]
-            r2 = (xx - p["dots"][:, k, 0, None, None]) ** 2 + (yy - p["dots"][:, k, 1, None, None]) ** 2
-            dots = dots + on * torch.exp(-r2 / (2 * 0.024**2))
+        # a Gaussian dot is separable: exp(-(x-xk)^2/2s^2) exp(-(y-yk)^2/2s^2), so all dots are one bmm
+        on = (torch.arange(MAX_DOTS)[None] < p["dot_count"][:, None]).float()  # [b, k]
+        axis = xx[0]
+        gx = torch.exp(-((axis[None, None] - p["dots"][:, :, 0, None]) ** 2) / (2 * 0.024**2))  # [b, k, w]
+        gy = torch.exp(-((axis[None, None] - p["dots"][:, :, 1, None]) ** 2) / (2 * 0.024**2))  # [b, k, h]
+        dots = torch.einsum("bkh,bkw->bhw", gy * on[:, :, None], gx)
         u = curves["u"][:, :, None, None]
         level = 2.2 * bright * _sig((u - 1.5) / 0.8) * (0.7 + 0.3 * torch.exp(-u.clamp(min=0) / 300))
         return level * dots[:, None], ones
