@@ -76,7 +76,7 @@ def _grow_vessel(rng, segments, x, y, heading, target, width, depth, macula_xy) 
         x, y = nx, ny
         if np.hypot(x, y) > 1.0 or np.hypot(x - macula_xy[0], y - macula_xy[1]) < FAZ_RADIUS:
             return
-        if depth < 3 and width > 0.009 and rng.random() < 0.07:
+        if depth < 3 and width > 0.009 and rng.random() < 0.05:
             side = rng.choice([-1.0, 1.0])
             child = heading + side * rng.uniform(0.5, 0.95)
             thinner = width * rng.uniform(0.55, 0.75)
@@ -101,7 +101,7 @@ def _render(segments: list[tuple[float, float, float, float, float]], res: int) 
     cx = (s[:, 0] + frac * (s[:, 2] - s[:, 0]) + 1) * scale  # column, pixels
     cy = (s[:, 1] + frac * (s[:, 3] - s[:, 1]) + 1) * scale  # row, pixels
     radius = np.maximum(s[:, 4] * scale, 0.7)
-    level = np.minimum(1.0, 0.35 + s[:, 4] / 0.02)
+    level = np.minimum(1.0, 0.2 + s[:, 4] / 0.03)
     canvas = np.zeros((res, res), dtype=np.float64)
     reach = int(np.ceil(radius.max()))
     for dy in range(-reach, reach + 1):
@@ -182,8 +182,8 @@ def retina_template(rng: np.random.Generator, res: int) -> np.ndarray:
     disc, macula = _soft_masks(res, disc_xy, macula_xy)
     return np.stack(
         [
-            np.clip(artery / max(np.percentile(artery, 99.5), 1e-6), 0, 1),
-            np.clip(vein / max(np.percentile(vein, 99.5), 1e-6), 0, 1),
+            np.clip(artery / max(np.percentile(artery, 99.8), 1e-6), 0, 1) ** 1.2,  # faint vessels dimmer
+            np.clip(vein / max(np.percentile(vein, 99.8), 1e-6), 0, 1) ** 1.2,
             _capillary_bed(rng, res, macula_xy),
             _choroid_network(rng, res),
             disc,

@@ -353,7 +353,7 @@ def _render_chunk(plan: dict, sl: slice, cfg: SimulatorConfig, kinds: tuple[str,
     )
     zero = torch.zeros_like(a)
     ffa = torch.stack(
-        [c, 0.35 * (0.6 * a + 0.4 * v), 0.7 * a, 0.7 * v, 0.35 * a + 0.3 * late, 0.06 * late, zero, zero],
+        [c, 0.35 * (0.6 * a + 0.4 * v), 0.6 * a, 0.6 * v, 0.35 * a + 0.3 * late, 0.06 * late, zero, zero],
         dim=-1,
     )
     icg = torch.stack([zero, 0.12 * c, 0.55 * a, 0.55 * v, 0.15 * a, zero, 0.55 * c, 0.18 * late], dim=-1)
