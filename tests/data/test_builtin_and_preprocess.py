@@ -59,6 +59,8 @@ def test_ood_sets_are_what_they_say(splits):
     assert set(kinds) == set(CORRUPTIONS)
     assert (bad.frames[kinds.index("blank")] == 0).all()
     assert torch.allclose(bad.frames[kinds.index("grey")], torch.tensor(0.5))
+    picked = bad.subset([2, 0])
+    assert picked.info["kind"] == [kinds[2], kinds[0]] and picked.exam_id == [bad.exam_id[2], bad.exam_id[0]]
 
 
 def test_concat_pads_shorter_exams():

@@ -86,6 +86,9 @@ def test_manifest_one_row_per_exam_without_exam_id(tmp_path, small_exams):
     loaded = load_manifest(_write_csv(tmp_path / "m.csv", rows, ["path", "label"]))
     assert loaded.class_names == ("a", "b") and loaded.labels.tolist() == [1, 0, 1]
     assert loaded.frames.shape == (3, 1, 1, 16, 16) and len(set(loaded.patient_id)) == 3
+    numeric = [{"path": f"{i}.png", "label": lab} for i, lab in enumerate(["10", "2", "2"])]
+    loaded = load_manifest(_write_csv(tmp_path / "n.csv", numeric, ["path", "label"]))
+    assert loaded.class_names == ("2", "10") and loaded.labels.tolist() == [1, 0, 0]
 
 
 def test_image_folder_round_trip(tmp_path, small_exams):

@@ -152,8 +152,9 @@ def load_manifest(
         raise DataError(f"{csv_path}: no rows; expected at least one image")
     names = tuple(class_names) if class_names is not None else None
     if names is None:
-        labels = sorted({row["label"] for row, _ in rows if row["label"]})
-        names = tuple(labels)
+        labels = {row["label"] for row, _ in rows if row["label"]}
+        numeric = all(label.isdigit() for label in labels)
+        names = tuple(sorted(labels, key=int if numeric else str))  # "2" before "10"
     problems = _Problems(skip_bad)
     exams: dict[str, _Exam] = {}
     seen_frames: set[tuple[str, str]] = set()
