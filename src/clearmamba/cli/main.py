@@ -6,6 +6,7 @@ from __future__ import annotations
 import typer
 
 from clearmamba import __version__
+from clearmamba.cli.data import data_app
 
 app = typer.Typer(
     name="clearmamba",
@@ -25,6 +26,9 @@ def version() -> None:
 def demo() -> None:
     """Generate the built-in data, train CLEAR-Mamba and a softmax baseline, write the trust report."""
     typer.echo("demo arrives with the CLEAR-Mamba issue")
+
+
+app.add_typer(data_app, name="data")
 
 
 def main() -> None:
