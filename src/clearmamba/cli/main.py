@@ -27,6 +27,9 @@ def demo() -> None:
     typer.echo("demo arrives with the CLEAR-Mamba issue")
 
 
+app.add_typer(__import__("clearmamba.cli.engine", fromlist=["app"]).app, name="engine")
+
+
 def main() -> None:
     app()
 
