@@ -132,3 +132,15 @@ def test_kill9_mid_run_then_resume_equals_uninterrupted(corpus, uninterrupted, t
     assert 1 <= done < 3, "the kill must land mid-run"
     run(corpus["root"], out, workers=2, progress=False)
     assert canonical_state(out, corpus["root"]) == canonical_state(uninterrupted[0], corpus["root"])
+
+
+def test_byte_identical_copies_are_processed_once(corpus, tmp_path):
+    pdfs = tmp_path / "pdfs"
+    (pdfs / "copy").mkdir(parents=True)
+    data = (corpus["reports"] / "a_en.pdf").read_bytes()
+    (pdfs / "a.pdf").write_bytes(data)
+    (pdfs / "copy" / "a.pdf").write_bytes(data)
+    counts = run(pdfs, tmp_path / "out", workers=1, progress=False)
+    assert counts["sources"] == {"done": 1, "duplicate": 1}
+    assert counts["outputs"] == {"ok": 4}
+    assert len(list((tmp_path / "out" / "images").iterdir())) == 4

@@ -127,7 +127,9 @@ def run(
                 return
             if crash_at and committed + 1 == crash_at:
                 os.kill(os.getpid(), signal.SIGKILL)  # images are on disk, the commit never happens
-            state.commit_report(sid, outcome)
+            if not state.commit_report(sid, outcome):
+                for frame in outcome.frames:  # a duplicate: its images were never committed
+                    (out_dir / frame.file).unlink(missing_ok=True)
             committed += 1
 
         with _progress(progress, len(todo)) as advance:

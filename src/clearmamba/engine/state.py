@@ -114,11 +114,22 @@ class State:
         return pseudonym
 
     def commit_report(self, source_id: str, outcome) -> bool:
-        """All of one report's rows in one transaction; False (and nothing written) if it was done already."""
+        """All of one report's rows in one transaction; False (no rows) if it was done already or is a
+        byte-identical copy of a finished report."""
         with self.db:
             self.db.execute("BEGIN IMMEDIATE")
             row = self.db.execute("SELECT status FROM sources WHERE id=?", (source_id,)).fetchone()
             if row is None or row[0] != "pending":
+                return False
+            same = self.db.execute(
+                "SELECT id FROM sources WHERE sha256=? AND status='done'", (outcome.sha256,)
+            ).fetchone()
+            if same:  # archives hold copies of one export: keep the first, never duplicate its frames
+                self.db.execute(
+                    "UPDATE sources SET status='duplicate', sha256=?, error_kind='duplicate', error=?,"
+                    " updated=? WHERE id=?",
+                    (outcome.sha256, f"same bytes as source {same[0]}", time.time(), source_id),
+                )
                 return False
             patient = self._pseudonym(outcome.patient_key or f"anonymous:{source_id}")
             ids = []
