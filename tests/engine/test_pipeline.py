@@ -144,3 +144,18 @@ def test_byte_identical_copies_are_processed_once(corpus, tmp_path):
     assert counts["sources"] == {"done": 1, "duplicate": 1}
     assert counts["outputs"] == {"ok": 4}
     assert len(list((tmp_path / "out" / "images").iterdir())) == 4
+
+
+def test_a_report_that_kills_its_worker_is_recorded_and_the_run_goes_on(corpus, tmp_path, monkeypatch):
+    from clearmamba.engine.pipeline import WORKER_CRASH_ENV
+
+    pdfs = tmp_path / "pdfs"
+    pdfs.mkdir()
+    for name in ("a_en.pdf", "b_zh.pdf"):
+        (pdfs / name).write_bytes((corpus["reports"] / name).read_bytes())
+    monkeypatch.setenv(WORKER_CRASH_ENV, "b_zh.pdf")  # the worker dies as in a segfault
+    counts = run(pdfs, tmp_path / "out", workers=2, progress=False)
+    assert counts["sources"] == {"done": 1, "failed": 1}
+    assert counts["failed"] == {"worker_crash": 1}
+    assert len(list((tmp_path / "out" / "images").iterdir())) == counts["outputs"]["ok"] == 4
+    assert "worker_crash" in (tmp_path / "out" / "private" / "errors.log").read_text()

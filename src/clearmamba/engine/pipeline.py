@@ -17,12 +17,14 @@ import signal
 import time
 import traceback
 from concurrent.futures import ProcessPoolExecutor, as_completed
+from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
 
 from clearmamba.engine.extract import DEFAULT_LIMITS, Limits
 from clearmamba.engine.state import State, write_private
 
 CRASH_ENV = "CLEARMAMBA_ENGINE_CRASH_BEFORE_COMMIT"  # fault injection for the resume tests: SIGKILL self
+WORKER_CRASH_ENV = "CLEARMAMBA_ENGINE_CRASH_WORKER_ON"  # fault injection: a worker dies on this file name
 
 
 def prepare_out(out_dir: Path) -> tuple[State, bytes]:
@@ -68,6 +70,8 @@ def _init_worker(vocab_labels: dict, secret: bytes, limits: Limits, out_dir: str
 def _work(path: str):
     from clearmamba.engine.process import ReportOutcome, process_report
 
+    if os.environ.get(WORKER_CRASH_ENV) and Path(path).name == os.environ[WORKER_CRASH_ENV]:
+        os._exit(139)  # as a segfault in a native library would
     try:
         return process_report(path, _WORKER["out"], _WORKER["vocab"], _WORKER["secret"], _WORKER["limits"])
     except (
@@ -77,6 +81,38 @@ def _work(path: str):
         outcome.error_kind = "crash"
         outcome.error = f"{type(err).__name__}: {err}\n{traceback.format_exc(limit=3)}"
         return outcome
+
+
+class _Failed:
+    def __init__(self, path: str, kind: str, detail: str):
+        self.path, self.error_kind, self.error = path, kind, detail
+
+
+def _pool_run(paths: list[str], workers: int, initargs: tuple, commit, crashed, advance) -> None:
+    """Process ``paths`` over a pool. A report that kills its worker (a segfault in a native library) breaks
+    the pool: the reports that may have been running are then retried one at a time in a fresh process, the
+    one that kills it again is recorded as failed, and the rest go on."""
+    remaining = list(paths)
+    while remaining:
+        finished: set[str] = set()
+        try:
+            with ProcessPoolExecutor(workers, initializer=_init_worker, initargs=initargs) as pool:
+                futures = {pool.submit(_work, p): p for p in remaining}
+                for fut in as_completed(futures):
+                    commit(fut.result())
+                    finished.add(futures[fut])
+                    advance()
+            return
+        except BrokenProcessPool:
+            remaining = [p for p in remaining if p not in finished]
+            suspects, remaining = remaining[: workers + 1], remaining[workers + 1 :]
+            for path in suspects:  # running or queued when the pool broke
+                try:
+                    with ProcessPoolExecutor(1, initializer=_init_worker, initargs=initargs) as solo:
+                        commit(solo.submit(_work, path).result())
+                except BrokenProcessPool:
+                    crashed(path)
+                advance()
 
 
 def _log_error(out_dir: Path, source_id: str, outcome) -> None:
@@ -132,19 +168,16 @@ def run(
                     (out_dir / frame.file).unlink(missing_ok=True)
             committed += 1
 
+        def worker_crashed(path: str) -> None:
+            sid = by_path[path]
+            detail = "the worker process died on this report (crash in a PDF or image library)"
+            _log_error(out_dir, sid, _Failed(path, "worker_crash", detail))
+            state.record_failure(sid, "worker_crash", detail)
+
+        initargs = (vocab.labels, secret, limits, str(out_dir))
         with _progress(progress, len(todo)) as advance:
-            if workers <= 1:
-                _init_worker(vocab.labels, secret, limits, str(out_dir))
-                for _, path in todo:
-                    commit(_work(path))
-                    advance()
-            else:
-                with ProcessPoolExecutor(
-                    workers, initializer=_init_worker, initargs=(vocab.labels, secret, limits, str(out_dir))
-                ) as pool:
-                    for fut in as_completed([pool.submit(_work, path) for _, path in todo]):
-                        commit(fut.result())
-                        advance()
+            _pool_run([p for _, p in todo], max(1, workers), initargs, commit, worker_crashed, advance)
+        remove_orphans(state, out_dir)  # results lost when a pool broke were redone under new names
         state.export(out_dir)
         return state.counts()
     finally:
