@@ -113,8 +113,29 @@ def phi_scan(out: Path, truths: list[dict]) -> dict:
     con.close()
     text = _squash((out / "manifest.csv").read_text() + shown)
     text_hits = [p for p in planted if p in text]
+    second = _second_opinion(out, planted)
     return {"planted_strings": len(planted), "images_scanned": n_images, "image_hits": image_hits,
-            "text_hits": text_hits}
+            "text_hits": text_hits, "second_engine": second}
+
+
+def _second_opinion(out: Path, planted: list[str], every: int = 4) -> dict | None:
+    """The same search with tesseract, an OCR engine independent of the one that guided the erasure, on every
+    ``every``-th image (it takes ~1.5 s an image). None when tesseract is not installed."""
+    import shutil
+
+    import cv2
+
+    from clearmamba.engine.ocr import TesseractEngine
+
+    if shutil.which("tesseract") is None:
+        return None
+    engine = TesseractEngine()
+    files = sorted(f for sub in ("images", "quarantine") for f in (out / sub).glob("*.png"))[::every]
+    hits = []
+    for f in files:
+        text = _squash(" ".join(b.text for b in engine(cv2.imread(str(f), cv2.IMREAD_GRAYSCALE))))
+        hits += [(f.name, p) for p in planted if p in text]
+    return {"engine": "tesseract eng+chi_sim", "images_scanned": len(files), "image_hits": hits}
 
 
 def kill_and_resume(pdfs: Path, out: Path, workers: int, n_sources: int) -> dict:
