@@ -100,6 +100,8 @@ def test_default_bind_is_loopback(monkeypatch, tmp_path):
     monkeypatch.setattr(uvicorn, "run", lambda app, **kw: seen.update(kw))
     review.serve(out)
     assert seen["host"] == "127.0.0.1"
+    review.serve(out, host="0.0.0.0")  # only when asked, with a warning
+    assert seen["host"] == "0.0.0.0"
 
 
 @pytest.mark.parametrize(

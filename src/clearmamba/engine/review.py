@@ -283,12 +283,13 @@ def serve(out_dir: str | Path, host: str = "127.0.0.1", port: int = 8765, token:
     from rich.console import Console
 
     token = token or secrets.token_urlsafe(24)
-    hosts = (
-        ("127.0.0.1", "localhost") if host in ("127.0.0.1", "localhost") else ("127.0.0.1", "localhost", host)
-    )
+    loopback = host in ("127.0.0.1", "localhost", "::1")
+    # on loopback only loopback Host headers (DNS rebinding); a deliberate non-loopback bind is reached by
+    # names we cannot know, so the token alone guards it
+    hosts = ("127.0.0.1", "localhost", "[::1]") if loopback else ("*",)
     app = create_app(out_dir, token, allowed_hosts=hosts)
     console = Console()
-    if host not in ("127.0.0.1", "localhost", "::1"):
+    if not loopback:
         console.print(f"[yellow]warning: serving on {host}, reachable from other machines[/yellow]")
     console.print(f"review page: http://{host}:{port}/?token={token}")
     uvicorn.run(app, host=host, port=port, log_level="warning", access_log=False)
