@@ -53,10 +53,14 @@ def accuracy(out: Path, pdfs: Path, truths: list[dict]) -> dict:
     frames = {}
     for r in con.execute("SELECT * FROM outputs"):
         frames.setdefault(r["source_id"], []).append(r)
-    review = {}
+    review, flagged = {}, {}
     for r in con.execute("SELECT * FROM review_items"):
         review.setdefault(r["source_id"], []).append(r["reason"])
-    n = eye_ok = mod_ok = time_ok = found = eye_review = 0
+        for oid in json.loads(r["output_ids"]):
+            flagged.setdefault(oid, set()).update(r["reason"].split(", "))
+    n = eye_ok = mod_ok = time_ok = found = eye_review = eye_silent = mod_silent = 0
+    eye_sources: dict[str, int] = {}
+    matched: set[str] = set()
     diag = {"mapped_correct": 0, "sent_to_review": 0, "wrong_silent": 0}
     for t in truths:
         src = sources[t["file"]]
@@ -68,10 +72,15 @@ def accuracy(out: Path, pdfs: Path, truths: list[dict]) -> dict:
             if best is None or _iou(json.loads(best["rect"]), tf["bbox"]) < 0.5:
                 continue
             found += 1
+            matched.add(best["id"])
             eye_ok += best["eye"] == tf["eye"]
             mod_ok += best["modality"] == tf["modality"]
             time_ok += best["frame_time"] is not None and abs(best["frame_time"] - tf["time_s"]) < 0.5
-            eye_review += "ambiguous_eye" in " ".join(review.get(src["id"], []))
+            reasons = flagged.get(best["id"], set())
+            eye_review += "ambiguous_eye" in reasons
+            eye_silent += best["eye"] != tf["eye"] and "ambiguous_eye" not in reasons
+            mod_silent += best["modality"] != tf["modality"] and "unknown_modality" not in reasons
+            eye_sources[best["eye_source"]] = eye_sources.get(best["eye_source"], 0) + 1
         label_reasons = {"unknown_diagnosis", "ambiguous_diagnosis", "uncertain_diagnosis", "no_diagnosis",
                          "low_ocr_confidence"}
         if src["label"] is not None and src["label"] == t["label"]:
@@ -80,11 +89,18 @@ def accuracy(out: Path, pdfs: Path, truths: list[dict]) -> dict:
             diag["sent_to_review"] += 1
         else:
             diag["wrong_silent"] += 1
+    spurious = [r for r in con.execute("SELECT id, status FROM outputs") if r["id"] not in matched]
     con.close()
     return {
         "frames_true": n, "frames_found": found,
+        # outputs that match no true frame (a bad split); they must not reach the manifest unreviewed
+        "spurious_outputs": len(spurious),
+        "spurious_outputs_in_manifest": sum(r["status"] == "ok" for r in spurious),
         "eye_accuracy": eye_ok / n, "modality_accuracy": mod_ok / n, "frame_time_accuracy": time_ok / n,
         "frames_flagged_ambiguous_eye": eye_review,
+        "frames_eye_wrong_silently": eye_silent,
+        "frames_modality_wrong_silently": mod_silent,
+        "eye_decided_by": eye_sources,
         "diagnosis": diag,
         "reports_with_unknown_true_diagnosis": sum(t["label"] is None for t in truths),
     }
@@ -169,20 +185,23 @@ def kill_and_resume(pdfs: Path, out: Path, workers: int, n_sources: int) -> dict
 
 def main(argv: list[str] | None = None) -> dict:
     from clearmamba.engine.pipeline import canonical_state, run
-    from clearmamba.engine.synthetic import cjk_font_path, generate_reports, write_bad_pdfs
+    from clearmamba.engine.synthetic import Style, cjk_font_path, generate_reports, write_bad_pdfs
 
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--n", type=int, default=60)
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--out", type=Path, default=RESULTS)
+    ap.add_argument("--out", type=Path, default=None, help="default benchmarks/results/engine[_hard].json")
+    ap.add_argument("--hard", action="store_true", help="30%% of eye labels left off, JPEG q60 images")
     args = ap.parse_args(argv)
+    style = Style(label_dropout=0.3, jpeg_quality=60) if args.hard else Style()
+    args.out = args.out or RESULTS.with_name("engine_hard.json" if args.hard else "engine.json")
     with tempfile.TemporaryDirectory(prefix="engine-bench-") as tmp:
         tmp = Path(tmp)
         pdfs = tmp / "pdfs"
         t0 = time.time()
         truths = [t.__dict__ | {"frames": [f.__dict__ for f in t.frames]}
-                  for t in generate_reports(pdfs / "reports", args.n, seed=args.seed)]
+                  for t in generate_reports(pdfs / "reports", args.n, seed=args.seed, style=style)]
         write_bad_pdfs(pdfs / "bad", pdfs / "reports" / "report_0000.pdf")
         gen_s = time.time() - t0
         before = _hashes(pdfs)
@@ -199,7 +218,9 @@ def main(argv: list[str] | None = None) -> dict:
         resume = kill_and_resume(pdfs, tmp / "resumed", args.workers, n_sources)
         equal = canonical_state(tmp / "resumed", pdfs) == canonical_state(tmp / "out", pdfs)
     result = {
-        "command": f"python -m benchmarks.engine --n {args.n} --workers {args.workers} --seed {args.seed}",
+        "command": f"python -m benchmarks.engine --n {args.n} --workers {args.workers} --seed {args.seed}"
+        + (" --hard" if args.hard else ""),
+        "style": style.__dict__,
         "machine": {"cpus": os.cpu_count(), "python": platform.python_version(),
                     "load_avg_1m_at_end": round(os.getloadavg()[0], 2)},
         "reports": args.n, "bad_pdfs": 5,

@@ -171,12 +171,27 @@ def _patient(rng: np.random.Generator) -> dict:
     }
 
 
-def _png(img: np.ndarray):
+@dataclass(frozen=True)
+class Style:
+    """Harder reports: eye labels left off some panels (the disc or the page decides), images embedded as
+    lossy JPEG (ringing around burned-in text)."""
+
+    label_dropout: float = 0.0
+    jpeg_quality: int | None = None
+
+    def drop(self, rng: np.random.Generator) -> bool:
+        return self.label_dropout > 0 and rng.random() < self.label_dropout  # no draw: standard stays stable
+
+
+def _png(img: np.ndarray, jpeg_quality: int | None = None):
     from PIL import Image
     from reportlab.lib.utils import ImageReader
 
     buf = io.BytesIO()
-    Image.fromarray(img).save(buf, "PNG")
+    if jpeg_quality:
+        Image.fromarray(img).save(buf, "JPEG", quality=jpeg_quality)
+    else:
+        Image.fromarray(img).save(buf, "PNG")
     buf.seek(0)
     return ImageReader(buf)
 
@@ -191,7 +206,14 @@ def _register_cjk() -> str:
 
 
 def write_report(
-    path: Path, rng: np.random.Generator, zh: bool, modality: str, diag: tuple, patient: dict, size: int = 192
+    path: Path,
+    rng: np.random.Generator,
+    zh: bool,
+    modality: str,
+    diag: tuple,
+    patient: dict,
+    size: int = 192,
+    style: Style = Style(),  # noqa: B008 (frozen)
 ) -> ReportTruth:
     """Two pages: page 1 header + a two-eye composite with burned-in PHI; page 2 two single-eye frames."""
     from reportlab.lib.pagesizes import A4
@@ -247,14 +269,13 @@ def write_report(
         comp[bar : bar + size, k * (size + gap) : k * (size + gap) + size] = angiogram(
             eye, modality, t1 + k, rng, size
         )
-        comp = _draw_text(
-            comp, (k * (size + gap) + 6, bar + size + 4), f"{_eye_label(eye, zh)}  {tag} {_clock(t1 + k)}"
-        )
+        label = "" if style.drop(rng) else _eye_label(eye, zh)
+        comp = _draw_text(comp, (k * (size + gap) + 6, bar + size + 4), f"{label}  {tag} {_clock(t1 + k)}")
     comp = _draw_text(comp, (6, 4), f"{p['name_en']} ID:{p['id']} {p['exam']} {p['clock']}")
     w_pt = 400.0
     h_pt = w_pt * comp.shape[0] / comp.shape[1]
     x0, y0 = 50.0, y - 10 - h_pt
-    c.drawImage(_png(comp), x0, y0, width=w_pt, height=h_pt)
+    c.drawImage(_png(comp, style.jpeg_quality), x0, y0, width=w_pt, height=h_pt)
     scale = w_pt / comp.shape[1]
     for k, eye in enumerate(order):
         px = k * (size + gap)
@@ -282,11 +303,12 @@ def write_report(
         frame = np.zeros((size + 2 * bar, size), np.uint8)
         frame[bar : bar + size] = angiogram(eye, modality, t, rng, size)
         frame = _draw_text(frame, (4, 4), f"ID:{p['id']}")
-        frame = _draw_text(frame, (4, bar + size + 4), f"{_eye_label(eye, zh)} {_clock(t)}")
+        label = "" if style.drop(rng) else _eye_label(eye, zh)
+        frame = _draw_text(frame, (4, bar + size + 4), f"{label} {_clock(t)}")
         fw = 230.0
         fh = fw * frame.shape[0] / frame.shape[1]
         fx, fy = 50.0 + k * (fw + 20), 760 - fh
-        c.drawImage(_png(frame), fx, fy, width=fw, height=fh)
+        c.drawImage(_png(frame, style.jpeg_quality), fx, fy, width=fw, height=fh)
         s = fw / frame.shape[1]
         c.drawString(fx + 4, fy - 14, f"{int(t // 60)}'{int(t % 60):02d}\"")
         truth.frames.append(
@@ -331,6 +353,7 @@ def generate_reports(
     scanned_fraction: float = 0.15,
     unknown_fraction: float = 0.1,
     size: int = 192,
+    style: Style = Style(),  # noqa: B008 (frozen)
 ) -> list[ReportTruth]:
     """Write ``n`` reports to ``out_dir`` plus ``truth.json``; patients recur (about 1 report in 3)."""
     out = Path(out_dir)
@@ -355,7 +378,7 @@ def generate_reports(
         )
         modality = "FFA" if rng.random() < 0.6 else "ICGA"
         path = out / f"report_{i:04d}.pdf"
-        truth = write_report(path, rng, zh, modality, diag, patient, size)
+        truth = write_report(path, rng, zh, modality, diag, patient, size, style)
         if rng.random() < scanned_fraction and (not zh or cjk_font_path()):
             rasterize(path, rng=rng)
             truth.scanned = True
