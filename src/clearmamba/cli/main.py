@@ -7,6 +7,7 @@ import typer
 
 from clearmamba import __version__
 from clearmamba.cli.data import data_app
+from clearmamba.cli.engine import app as engine_app
 
 app = typer.Typer(
     name="clearmamba",
@@ -29,6 +30,7 @@ def demo() -> None:
 
 
 app.add_typer(data_app, name="data")
+app.add_typer(engine_app, name="engine")
 
 
 def main() -> None:
