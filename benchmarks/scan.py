@@ -127,9 +127,16 @@ def main(argv=None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="one repeat each (a smoke run)")
     ap.add_argument("--no-compiled", action="store_true", help="skip the torch.compile implementation")
+    ap.add_argument("--threads-check", action="store_true", help="only re-time eager at 2 vs 1 intra-op "
+                    "threads on a few cases and add that table to the existing results")
     ap.add_argument("--only", default="", help="run cases whose 'name pass' contains this text and update "
                     "just those rows of an existing results file")
     args = ap.parse_args(argv)
+    if args.threads_check:
+        report = json.loads(RESULTS.read_text())
+        report["thread_check"] = thread_check(repeats=1 if args.quick else 3)
+        write_results(report)
+        return report
     impls = ["reference", "eager"] + ([] if args.no_compiled else ["compiled"])
     repeats = 1 if args.quick else 3
     load_before = os.getloadavg()
@@ -197,8 +204,31 @@ def main(argv=None) -> dict:
         repeats=repeats,
         cases=[{("pass" if k == "pass_" else k): v for k, v in r.items()} for r in rows],
     )
+    if RESULTS.exists() and "thread_check" in (previous := json.loads(RESULTS.read_text())):
+        report["thread_check"] = previous["thread_check"]
     write_results(report)
     return report
+
+
+THREAD_CASES = [c for c in CASES if (c.name, c.backward) in {
+    ("T@224 stage3 b8", False), ("T@224 stage1 b8 L=392", True), ("nano@64 stage1 b128", True)}]
+
+
+def thread_check(repeats: int) -> dict:
+    """Eager at the default intra-op threads and at 1, back to back (the script may set threads)."""
+    default = torch.get_num_threads()
+    rows = []
+    for case in THREAD_CASES:
+        x = make_inputs(case)
+        row = dict(case=case.name, pass_="fwd+bwd" if case.backward else "fwd")
+        for threads in (default, 1):
+            torch.set_num_threads(threads)
+            run_once("eager", x, case.backward)  # warm-up
+            row[f"seconds_{threads}_threads"] = round(bench("eager", x, case.backward, repeats)[0], 4)
+        torch.set_num_threads(default)
+        print(row, flush=True)
+        rows.append({("pass" if k == "pass_" else k): v for k, v in row.items()})
+    return dict(load_average=[round(v, 1) for v in os.getloadavg()], default_threads=default, cases=rows)
 
 
 def write_results(report: dict) -> None:
@@ -241,6 +271,19 @@ def markdown_table(report: dict) -> str:
                 f"{r['peak_rss_growth_mb']} | {r.get('compile_s', '-')} |"
             )
     notes = [f"- {c['case']} ({c['pass']}): {c['note']}" for c in report["cases"] if c["note"]]
+    if "thread_check" in report:
+        tc = report["thread_check"]
+        t = tc["default_threads"]
+        notes += [
+            "",
+            f"Eager at {t} intra-op threads vs 1 (`--threads-check`, load average {tc['load_average'][0]}):",
+            "",
+            f"| case | pass | {t} threads (s) | 1 thread (s) |",
+            "|---|---|---|---|",
+        ] + [
+            f"| {c['case']} | {c['pass']} | {c[f'seconds_{t}_threads']:.3f} | {c['seconds_1_threads']:.3f} |"
+            for c in tc["cases"]
+        ]
     return "\n".join(lines + [""] + notes) + "\n"
 
 
