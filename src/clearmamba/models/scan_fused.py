@@ -22,7 +22,16 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-__all__ = ["DISABLE_ENV", "fused_selective_scan", "is_available", "load_extension", "unavailable_reason"]
+from .selective_scan import register_scan_impl
+
+__all__ = [
+    "DISABLE_ENV",
+    "fused_available",
+    "fused_selective_scan",
+    "is_available",
+    "load_extension",
+    "unavailable_reason",
+]
 
 DISABLE_ENV = "CLEARMAMBA_DISABLE_FUSED"
 _SOURCE = Path(__file__).with_name("csrc") / "selective_scan_cpu.cpp"
@@ -53,6 +62,11 @@ def _isa_level() -> str:
     return level if level in _ISA_FLAGS else "default"
 
 
+def build_directory() -> Path:
+    """Where the kernel is built and cached for this machine's SIMD level."""
+    return _cache_dir() / f"clearmamba_scan_{_isa_level()}"
+
+
 def _disabled_by_env() -> bool:
     return os.environ.get(DISABLE_ENV, "").strip().lower() not in ("", "0", "false", "no")
 
@@ -68,7 +82,7 @@ def _build() -> Any:
     if not _SOURCE.is_file():
         raise RuntimeError(f"kernel source missing: {_SOURCE}")
     level = _isa_level()
-    build_dir = _cache_dir() / f"clearmamba_scan_{level}"
+    build_dir = build_directory()
     build_dir.mkdir(parents=True, exist_ok=True)
     # -O3 without -ffast-math: the vectorised exp relies on exact rounding, and parity must hold.
     cflags = ["-O3", "-fopenmp", *_ISA_FLAGS.get(level, [])]
@@ -204,3 +218,16 @@ def fused_selective_scan(
         prep(u), prep(delta), prep(A), prep(B4), prep(C4), prep(D), prep(z), prep(delta_bias), delta_softplus
     )
     return out.to(out_dtype)
+
+
+def fused_available(u: torch.Tensor) -> bool:
+    """``auto`` takes the fused kernel for CPU tensors when it builds; otherwise a one-line notice."""
+    if u.device.type != "cpu":
+        return False
+    if is_available():
+        return True
+    notify_fallback("eager")
+    return False
+
+
+register_scan_impl("fused", fused_selective_scan, available=fused_available)
