@@ -358,6 +358,8 @@ const scalar_t* optional_ptr(const std::optional<at::Tensor>& t) {
   do {                                             \
     if ((NSTATE) == 16) {                          \
       KERNEL<scalar_t, 16>(__VA_ARGS__);           \
+    } else if ((NSTATE) == 8) {                    \
+      KERNEL<scalar_t, 8>(__VA_ARGS__);            \
     } else {                                       \
       KERNEL<scalar_t, 0>(__VA_ARGS__);            \
     }                                              \
