@@ -201,8 +201,10 @@ def main(argv=None):
         sys.exit(f"fused scan unavailable: {scan_fused.unavailable_reason()}")
     build_s = time.perf_counter() - start
 
+    host = machine()
     results = {}
     shapes = [s for s in SHAPES if args.only is None or args.only in s[0]]
+    report = write_outputs(args, repeats, build_s, results, host)
     for name, b, d, length, n in shapes:
         inputs = scan_inputs(b, d, length, n)
         results[name] = {"shape": {"b": b, "d": d, "l": length, "n": n, "groups": 4}}
@@ -215,7 +217,12 @@ def main(argv=None):
                 row[impl] = measure(impl, inputs, backward, reps, warm_up=impl != "reference")
                 print(f"{name:24s} {mode:16s} {impl:9s} {fmt_time(row[impl])} ms", flush=True)
             results[name][mode] = row
+        # after every shape, so a run cut short still leaves a report
+        report = write_outputs(args, repeats, build_s, results, host)
+    print(markdown(report))
 
+
+def write_outputs(args, repeats, build_s, results, host):
     notes = [
         "Notes:",
         f"- `fused`, `compiled`, `eager`: {repeats} timed repeats after one untimed first call. "
@@ -227,10 +234,15 @@ def main(argv=None):
         "4 directions x d_inner channels with grouped B/C (g=4), e.g. stage 1 of T is d = 4 x 96 = 384.",
         "- `compiled` is `torch.compile` of an 8-step chunk (opt-in); its first call per shape includes the "
         "compile. `fused` needs one build per machine (cached), then nothing per shape.",
+        "- Load sensitivity: `fused` enters one OpenMP parallel region per call; `compiled` enters one per "
+        "8-step chunk and `eager` one per op, so when other jobs share the cores (see the load average) each "
+        "of their barriers waits for a descheduled thread. On a busy machine this inflates "
+        "`compiled`/`eager` times far more than `fused` times; on an idle one the gap is smaller "
+        "(MEDMAMBA.md measured `compiled` at 1.12 s fwd+bwd for T stage 1 on this machine when quiet).",
     ]
     report = {
         "command": "python -m benchmarks.scan_fused" + (" --quick" if args.quick else ""),
-        "machine": machine(),
+        "machine": host,
         "build_s": build_s,
         "results": results,
         "notes": notes,
@@ -242,7 +254,7 @@ def main(argv=None):
     tmp.write_text(json.dumps(report, indent=2))
     tmp.replace(RESULTS)
     write_doc(markdown(report))
-    print(markdown(report))
+    return report
 
 
 if __name__ == "__main__":
