@@ -115,6 +115,13 @@ def machine():
     }
 
 
+def outputs_for(threads):
+    """JSON path and doc heading: the default run, or a separate one per explicit thread count."""
+    if not threads:
+        return RESULTS, HEADING
+    return RESULTS.with_name(f"scan_fused_{threads}thread.json"), f"{HEADING} ({threads} thread)"
+
+
 def fmt_time(cell):
     if cell is None:
         return "not run"
@@ -134,7 +141,7 @@ def markdown(report):
     res, lines = report["results"], []
     m = report["machine"]
     lines += [
-        HEADING,
+        report["heading"],
         "",
         f"Command: `{report['command']}`. Machine: {m['cpu']}, {m['logical_cpus']} logical CPUs, "
         f"{m['torch_threads']} torch threads, torch {m['torch']} ({m['simd']}), Python {m['python']}; "
@@ -173,13 +180,13 @@ def markdown(report):
     return "\n".join(lines)
 
 
-def write_doc(section):
+def write_doc(section, heading):
     """Replace this benchmark's section of docs/benchmarks.md (others are left alone), atomically."""
     DOC.parent.mkdir(parents=True, exist_ok=True)
     text = DOC.read_text() if DOC.exists() else "# Benchmarks\n"
-    start = text.find(HEADING)
+    start = text.find(heading + "\n")
     if start >= 0:
-        end = text.find("\n## ", start + len(HEADING))
+        end = text.find("\n## ", start + len(heading))
         text = text[:start] + section + (text[end + 1:] if end >= 0 else "")
     else:
         text = text.rstrip("\n") + "\n\n" + section
@@ -193,7 +200,12 @@ def main(argv=None):
     parser.add_argument("--quick", action="store_true", help="fewer repeats; skip the slowest reference runs")
     parser.add_argument("--repeats", type=int, default=None)
     parser.add_argument("--only", default=None, help="run only shapes whose name contains this text")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="torch threads; a 1-thread run (own JSON and doc section) is insensitive to "
+                        "OpenMP barrier stalls on a shared machine")
     args = parser.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     repeats = args.repeats or (3 if args.quick else 7)
 
     start = time.perf_counter()
@@ -240,8 +252,11 @@ def write_outputs(args, repeats, build_s, results, host):
         "`compiled`/`eager` times far more than `fused` times; on an idle one the gap is smaller "
         "(MEDMAMBA.md measured `compiled` at 1.12 s fwd+bwd for T stage 1 on this machine when quiet).",
     ]
+    results_path, heading = outputs_for(args.threads)
+    flags = (" --quick" if args.quick else "") + (f" --threads {args.threads}" if args.threads else "")
     report = {
-        "command": "python -m benchmarks.scan_fused" + (" --quick" if args.quick else ""),
+        "heading": heading,
+        "command": "python -m benchmarks.scan_fused" + flags,
         "machine": host,
         "build_s": build_s,
         "results": results,
@@ -249,11 +264,11 @@ def write_outputs(args, repeats, build_s, results, host):
         "fused_chunk": 32,
         "load_average_end": os.getloadavg()[0] if hasattr(os, "getloadavg") else None,
     }
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    tmp = RESULTS.with_suffix(".json.tmp")
+    results_path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = results_path.with_suffix(".json.tmp")
     tmp.write_text(json.dumps(report, indent=2))
-    tmp.replace(RESULTS)
-    write_doc(markdown(report))
+    tmp.replace(results_path)
+    write_doc(markdown(report), heading)
     return report
 
 

@@ -155,6 +155,7 @@ class _FusedScan(torch.autograd.Function):
         return out
 
     @staticmethod
+    @torch.autograd.function.once_differentiable
     def backward(ctx, grad_out):
         u, dt, pre, A, B, C, D, z, ckpt = ctx.saved_tensors
         ext = load_extension()
