@@ -199,7 +199,9 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="fewer repeats; skip the slowest reference runs")
     parser.add_argument("--repeats", type=int, default=None)
-    parser.add_argument("--only", default=None, help="run only shapes whose name contains this text")
+    parser.add_argument("--only", default=None,
+                        help="comma-separated texts; run only shapes whose name contains one of them")
+    parser.add_argument("--impls", default=",".join(IMPLS), help=f"comma-separated subset of {IMPLS}")
     parser.add_argument("--threads", type=int, default=None,
                         help="torch threads; a 1-thread run (own JSON and doc section) is insensitive to "
                         "OpenMP barrier stalls on a shared machine")
@@ -215,14 +217,16 @@ def main(argv=None):
 
     host = machine()
     results = {}
-    shapes = [s for s in SHAPES if args.only is None or args.only in s[0]]
+    filters = args.only.split(",") if args.only else [""]
+    shapes = [s for s in SHAPES if any(f.strip() in s[0] for f in filters)]
+    impls = [i for i in IMPLS if i in args.impls.split(",")]
     report = write_outputs(args, repeats, build_s, results, host)
     for name, b, d, length, n in shapes:
         inputs = scan_inputs(b, d, length, n)
         results[name] = {"shape": {"b": b, "d": d, "l": length, "n": n, "groups": 4}}
         for mode, backward in (("forward", False), ("forward_backward", True)):
             row = {}
-            for impl in IMPLS:
+            for impl in impls:
                 reps = reference_plan(name, backward, args.quick) if impl == "reference" else repeats
                 if reps == 0:
                     continue
@@ -253,7 +257,13 @@ def write_outputs(args, repeats, build_s, results, host):
         "(MEDMAMBA.md measured `compiled` at 1.12 s fwd+bwd for T stage 1 on this machine when quiet).",
     ]
     results_path, heading = outputs_for(args.threads)
-    flags = (" --quick" if args.quick else "") + (f" --threads {args.threads}" if args.threads else "")
+    flags = "".join(
+        f" {flag}" for flag, on in (
+            ("--quick", args.quick), (f"--threads {args.threads}", args.threads),
+            (f"--repeats {args.repeats}", args.repeats), (f'--only "{args.only}"', args.only),
+            (f"--impls {args.impls}", args.impls != ",".join(IMPLS)),
+        ) if on
+    )
     report = {
         "heading": heading,
         "command": "python -m benchmarks.scan_fused" + flags,

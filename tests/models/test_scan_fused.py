@@ -163,3 +163,11 @@ def test_env_var_disables_fused_and_eager_fallback_matches(monkeypatch):
     assert_close_scaled(out, ref_out, "out")
     for name in grads:
         assert_close_scaled(grads[name], ref_grads[name], f"grad {name}")
+
+
+@needs_kernel
+def test_state_wider_than_the_kernel_falls_back_to_eager():
+    inputs = make_inputs(1, 1, 3, scan_fused.MAX_STATE + 1, 4, z=False, D=True, bias=False)
+    with pytest.warns(RuntimeWarning, match="d_state"):
+        out = scan_fused.fused_selective_scan(**inputs)
+    assert_close_scaled(out, selective_scan_reference(**inputs), "out")

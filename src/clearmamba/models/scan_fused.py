@@ -22,6 +22,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from . import selective_scan as _dispatch
 from .selective_scan import register_scan_impl
 
 __all__ = [
@@ -34,6 +35,7 @@ __all__ = [
 ]
 
 DISABLE_ENV = "CLEARMAMBA_DISABLE_FUSED"
+MAX_STATE = 64  # the kernel keeps x[n] for n < MAX_STATE in fixed local arrays
 _SOURCE = Path(__file__).with_name("csrc") / "selective_scan_cpu.cpp"
 _log = logging.getLogger(__name__)
 
@@ -207,6 +209,10 @@ def fused_selective_scan(
             f"fused selective scan needs input-dependent B and C shaped (b n l) or (b g n l), "
             f"got B {tuple(B.shape)}, C {tuple(C.shape)}"
         )
+    if A.shape[-1] > MAX_STATE:
+        message = f"clearmamba: fused scan handles d_state <= {MAX_STATE}, got {A.shape[-1]}; using eager"
+        warnings.warn(message, RuntimeWarning, stacklevel=2)
+        return _dispatch._IMPLS["eager"](u, delta, A, B, C, D, z, delta_bias, delta_softplus)
     out_dtype = u.dtype
     dtype = torch.float64 if u.dtype == torch.float64 else torch.float32
 

@@ -128,13 +128,13 @@ void forward_kernel(const Geometry& g, const scalar_t* u, const scalar_t* dt, co
   constexpr int W = Lanes<scalar_t>::value;
   const int n_state = kN > 0 ? kN : static_cast<int>(g.nstate);
   at::parallel_for(0, g.batch * g.blocks, 1, [&](int64_t begin, int64_t end) {
-    std::vector<scalar_t> buf(5 * kChunk * W + 2 * kChunk * kMaxState);
+    std::vector<scalar_t> buf(5 * kChunk * W + 2 * kChunk * n_state);
     scalar_t* u_t = buf.data();
     scalar_t* dt_t = u_t + kChunk * W;
     scalar_t* z_t = dt_t + kChunk * W;
     scalar_t* o_t = z_t + kChunk * W;
     scalar_t* B_t = o_t + kChunk * W;
-    scalar_t* C_t = B_t + kChunk * kMaxState;
+    scalar_t* C_t = B_t + kChunk * n_state;
     BlockParams<scalar_t, W> p;
     alignas(64) scalar_t x[kMaxState][W];
     for (int64_t item = begin; item < end; ++item) {
@@ -195,7 +195,7 @@ void backward_kernel(const Geometry& g, const scalar_t* u, const scalar_t* dt, c
   const int n_state = kN > 0 ? kN : static_cast<int>(g.nstate);
   at::parallel_for(0, g.batch * g.blocks, 1, [&](int64_t begin, int64_t end) {
     // tiles: u, dt, z, gout, y (pre-gate output), gu, gdt, gz | B, C, gB, gC | states, decays
-    std::vector<scalar_t> buf(8 * kChunk * W + 4 * kChunk * kMaxState + 2 * kChunk * kMaxState * W);
+    std::vector<scalar_t> buf(8 * kChunk * W + 4 * kChunk * n_state + 2 * kChunk * n_state * W);
     scalar_t* u_t = buf.data();
     scalar_t* dt_t = u_t + kChunk * W;
     scalar_t* z_t = dt_t + kChunk * W;
@@ -205,11 +205,11 @@ void backward_kernel(const Geometry& g, const scalar_t* u, const scalar_t* dt, c
     scalar_t* gdt_t = gu_t + kChunk * W;
     scalar_t* gz_t = gdt_t + kChunk * W;
     scalar_t* B_t = gz_t + kChunk * W;
-    scalar_t* C_t = B_t + kChunk * kMaxState;
-    scalar_t* gB_t = C_t + kChunk * kMaxState;
-    scalar_t* gC_t = gB_t + kChunk * kMaxState;
-    scalar_t* xs = gC_t + kChunk * kMaxState;  // xs[t][n][c] = x_t, recomputed per chunk
-    scalar_t* dAs = xs + kChunk * kMaxState * W;
+    scalar_t* C_t = B_t + kChunk * n_state;
+    scalar_t* gB_t = C_t + kChunk * n_state;
+    scalar_t* gC_t = gB_t + kChunk * n_state;
+    scalar_t* xs = gC_t + kChunk * n_state;  // xs[t][n][c] = x_t, recomputed per chunk
+    scalar_t* dAs = xs + kChunk * n_state * W;
     BlockParams<scalar_t, W> p;
     alignas(64) scalar_t h[kMaxState][W];   // dL/dx_t, carried backwards in time
     alignas(64) scalar_t gA[kMaxState][W];  // sum over time of dL/dA, per lane
