@@ -145,8 +145,9 @@ def markdown(report):
         "",
         f"Command: `{report['command']}`. Machine: {m['cpu']}, {m['logical_cpus']} logical CPUs, "
         f"{m['torch_threads']} torch threads, torch {m['torch']} ({m['simd']}), Python {m['python']}; "
-        f"1-min load average {m['load_average_1min']} at the start and {report['load_average_end']} "
-        "at the end (the machine is shared with other jobs). "
+        f"1-min load average {m['load_average_1min']:.1f} at the start and "
+        f"{report['load_average_end'] or float('nan'):.1f} at the end "
+        "(the machine is shared with other jobs). "
         f"One-time build of the kernel: {report['build_s']:.1f} s in this run "
         "(0 when it was already cached).",
         "",
@@ -176,8 +177,41 @@ def markdown(report):
             first = f"{comp['first_call_s']:.1f}" if comp else "-"
             cells = " | ".join(fmt_time(row.get(i)) for i in IMPLS)
             lines.append(f"| {name} | {mode.replace('_', '+')} | {cells} | {first} |")
-    lines += ["", *report["notes"], ""]
+    lines += ["", *goals(res), "", *report["notes"], ""]
     return "\n".join(lines)
+
+
+def goals(res):
+    """Issue 9's goals, checked cell by cell: fwd+bwd no slower than compiled, >= 100x reference."""
+    slower, below = [], []
+    for name in (s[0] for s in SHAPES if s[0] in res):
+        vs_compiled = ratio(res, name, "forward_backward", "compiled", "fused")
+        if vs_compiled is not None and vs_compiled < 1:
+            slower.append(f"{name} ({vs_compiled:.2f}x)")
+        for mode in ("forward", "forward_backward"):
+            vs_ref = ratio(res, name, mode, "reference", "fused")
+            if vs_ref is not None and vs_ref < 100:
+                below.append(f"{name} {mode.replace('_', '+')} ({vs_ref:.0f}x)")
+    return [
+        "Goals (issue 9):",
+        "- fwd+bwd at least as fast as `compiled` on every shape: "
+        + ("met on every measured shape." if not slower else "NOT met on " + ", ".join(slower) + "."),
+        "- >= 100x `reference`: " + ("met on every measured cell." if not below else
+                                     "below 100x on " + ", ".join(below) + ". " + REFERENCE_GAP),
+    ]
+
+
+# Where the time goes when the 100x-reference goal is missed (torch.profiler and process CPU time,
+# 1 thread, this machine): on short sequences the reference is itself cheap (its Python loop has only
+# l steps), and fused time is the kernel plus a few elementwise passes and the autograd bookkeeping.
+REFERENCE_GAP = (
+    "Those cells are the short-sequence shapes (l <= 256), where the reference's Python loop has few steps "
+    "and is itself fast, and forward-only cells. Profile of fused fwd+bwd at demo stage 3 (32, 384, 16, 8), "
+    "1 thread: the C++ backward 48 % and forward 19 % of the time, the elementwise bias/softplus/sigmoid "
+    "passes ~19 %, autograd bookkeeping ~13 %; process CPU time 5.6 ms fused vs 64 ms reference (11x), "
+    "while at T stage 4 it is 31 ms vs 6.9 s (226x) and at demo stage 1 17 ms vs 2.1 s (124x). "
+    "Wall-clock ratios on a loaded machine are noisier still (the tables above)."
+)
 
 
 def write_doc(section, heading):
@@ -205,7 +239,14 @@ def main(argv=None):
     parser.add_argument("--threads", type=int, default=None,
                         help="torch threads; a 1-thread run (own JSON and doc section) is insensitive to "
                         "OpenMP barrier stalls on a shared machine")
+    parser.add_argument("--render-only", action="store_true",
+                        help="rewrite the docs section from the saved JSON without measuring")
     args = parser.parse_args(argv)
+    if args.render_only:
+        results_path, heading = outputs_for(args.threads)
+        report = {"heading": heading, "load_average_end": None, **json.loads(results_path.read_text())}
+        write_doc(markdown(report), heading)
+        return
     if args.threads:
         torch.set_num_threads(args.threads)
     repeats = args.repeats or (3 if args.quick else 7)
