@@ -113,7 +113,9 @@ def test_gradcheck_float64(n):
     def fn(*args):
         return scan_fused.fused_selective_scan(**dict(zip(names, args)), delta_softplus=True)
 
-    assert torch.autograd.gradcheck(fn, tuple(inputs[k] for k in names), eps=1e-6, atol=1e-7)
+    # full Jacobians for the generic-n kernel; random projections (fast mode) for the n=16 one
+    leaves = tuple(inputs[k] for k in names)
+    assert torch.autograd.gradcheck(fn, leaves, eps=1e-6, atol=1e-7, fast_mode=n == 16)
 
 
 @needs_kernel
