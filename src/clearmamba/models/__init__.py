@@ -12,6 +12,7 @@ imported here so their names appear in ``list_models()``.
 from . import scan_compiled as _scan_compiled  # noqa: F401  (registers impl "compiled")
 from . import scan_cuda as _scan_cuda  # noqa: F401  (registers impl "cuda")
 from . import scan_eager as _scan_eager  # noqa: F401  (registers impl "eager")
+from . import scan_fused as _scan_fused  # noqa: F401  (registers impl "fused"; auto picks it on CPU)
 from .layers import DropPath, PatchEmbed2D, PatchMerging2D, channel_shuffle
 from .medmamba import MedMamba, MedMambaConfig, SSConvSSM
 from .registry import create_model, is_model, list_models, register_model
