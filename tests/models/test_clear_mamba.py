@@ -2,6 +2,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+import clearmamba.models.baselines  # noqa: F401  (registers the clear_* models)
 from clearmamba.models import create_model
 from clearmamba.models.temporal import TemporalMamba, masked_max, masked_mean
 from clearmamba.uncertainty import Prediction

@@ -2,6 +2,7 @@ import pytest
 import torch
 from torch import nn
 
+import clearmamba.models.baselines  # noqa: F401  (registers the clear_* models)
 from clearmamba.models import create_model
 from clearmamba.models.hac import HaC
 

@@ -1,6 +1,7 @@
 import pytest
 import torch
 
+import clearmamba.models.baselines  # noqa: F401  (registers the clear_* models)
 from clearmamba.data.examset import ExamSet
 from clearmamba.models import create_model
 

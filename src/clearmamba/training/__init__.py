@@ -1,5 +1,6 @@
 """Training and inference for CLEAR-Mamba and its baselines: the loop, checkpoints, distributed helpers."""
 
+import clearmamba.models.baselines  # noqa: F401  (registers the clear_* models)
 from clearmamba.training.checkpoint import (
     CheckpointError,
     load_model,
