@@ -6,6 +6,7 @@ from __future__ import annotations
 import typer
 
 from clearmamba import __version__
+from clearmamba.cli import train as train_cli
 
 app = typer.Typer(
     name="clearmamba",
@@ -21,10 +22,7 @@ def version() -> None:
     typer.echo(__version__)
 
 
-@app.command()
-def demo() -> None:
-    """Generate the built-in data, train CLEAR-Mamba and a softmax baseline, write the trust report."""
-    typer.echo("demo arrives with the CLEAR-Mamba issue")
+train_cli.register(app)  # train, evaluate, predict, demo
 
 
 def main() -> None:

@@ -51,7 +51,7 @@ class DemoConfig:
 
 
 QUICK = DemoConfig(
-    size=32, frames=4, n_train=60, n_val=24, n_test=24, n_heldout=18, n_ood=12, epochs=2, batch_size=12,
+    size=32, frames=4, n_train=48, n_val=16, n_test=24, n_heldout=12, n_ood=8, epochs=2, batch_size=16,
     anneal_epochs=1.0, n_boot=20, backbone_kwargs=(("dims", (8, 16, 32, 64)), ("d_state", 4)),
 )  # fmt: skip
 

@@ -198,3 +198,13 @@ def data_hash(exams) -> str:
     for tensor in (exams.frames, exams.labels, exams.frame_times, exams.mask):
         digest.update(tensor.contiguous().numpy().tobytes())
     return digest.hexdigest()
+
+
+def as_unknown(sets: dict, name: str):
+    """All exams of ``sets`` as one OOD ExamSet with labels -1 (unknown)."""
+    from clearmamba.data import UNKNOWN_LABEL, concat_examsets
+
+    exams = concat_examsets(list(sets.values()), name=name)
+    exams.labels = torch.full_like(exams.labels, UNKNOWN_LABEL)
+    exams.true_labels = exams.labels.clone()
+    return exams
