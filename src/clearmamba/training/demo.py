@@ -35,24 +35,27 @@ MODELS: dict[str, dict[str, Any]] = {
 class DemoConfig:
     size: int = 32
     frames: int = 6
-    n_train: int = 480
-    n_val: int = 160
-    n_test: int = 240
-    n_heldout: int = 160
-    n_ood: int = 120
-    epochs: int = 8
-    batch_size: int = 16
-    lr: float = 2e-3
+    # the three classes the temporal question is about; the other simulated diseases need far more CPU time
+    classes: tuple[str, ...] = ("normal", "leakage", "staining")
+    n_train: int = 360
+    n_val: int = 120
+    n_test: int = 180
+    n_heldout: int = 120
+    n_ood: int = 90
+    epochs: int = 10
+    batch_size: int = 8
+    lr: float = 3e-3
     kl_weight: float = 0.005
-    anneal_epochs: float = 4.0
+    anneal_epochs: float = 5.0
     n_boot: int = 200
     seed: int = 0
-    backbone_kwargs: tuple = ()
+    # MedMamba-nano at half width: 4.5x cheaper than nano on 32 px frames, so the demo fits 2 CPU cores
+    backbone_kwargs: tuple = (("dims", (8, 16, 32, 64)), ("d_state", 4))
 
 
 QUICK = DemoConfig(
-    size=32, frames=4, n_train=48, n_val=16, n_test=24, n_heldout=12, n_ood=8, epochs=2, batch_size=16,
-    anneal_epochs=1.0, n_boot=20, backbone_kwargs=(("dims", (8, 16, 32, 64)), ("d_state", 4)),
+    size=32, frames=4, n_train=48, n_val=15, n_test=24, n_heldout=12, n_ood=8, epochs=2, batch_size=16,
+    anneal_epochs=1.0, n_boot=20,
 )  # fmt: skip
 
 
@@ -61,10 +64,10 @@ def run_demo(out: str | Path = "runs/demo", quick: bool = False, config: DemoCon
     cfg = config or (QUICK if quick else DemoConfig())
     out = Path(out)
     started = time.perf_counter()
-    log(f"simulating the built-in angiography data ({cfg.n_train} training exams, {cfg.frames} frames of "
-        f"{cfg.size}x{cfg.size}) ...")  # fmt: skip
+    log(f"simulating the built-in angiography data ({cfg.n_train} training exams of {', '.join(cfg.classes)}; "
+        f"{cfg.frames} frames of {cfg.size}x{cfg.size}) ...")  # fmt: skip
     sizes = {k: getattr(cfg, k) for k in ("n_train", "n_val", "n_test", "n_heldout", "n_ood")}
-    sets = load_builtin(sizes, size=cfg.size, frames=cfg.frames, seed=cfg.seed)
+    sets = load_builtin(sizes, size=cfg.size, frames=cfg.frames, seed=cfg.seed, classes=cfg.classes)
     class_names = list(sets["train"].class_names)
     eval_names = [n for n in sets if n not in ("train", "val")]
     ood_names = [n for n in eval_names if n.startswith("ood")]

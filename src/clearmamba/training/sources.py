@@ -27,10 +27,14 @@ IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
 BUILTIN_SIZES = {"n_train": 480, "n_val": 160, "n_test": 240, "n_heldout": 160, "n_ood": 120}
 
 
-def load_builtin(sizes: dict[str, int], size: int = 32, frames: int = 6, seed: int = 0, progress: bool = False):
+def load_builtin(sizes: dict[str, int], size: int = 32, frames: int = 6, seed: int = 0, progress: bool = False,
+                 classes: tuple[str, ...] | None = None):  # fmt: skip
     from clearmamba.data import SimulatorConfig, make_builtin_splits
 
-    return make_builtin_splits(SimulatorConfig(size=size, frames=frames), seed=seed, progress=progress, **sizes)
+    config = SimulatorConfig(size=size, frames=frames)
+    if classes:
+        config = SimulatorConfig(size=size, frames=frames, classes=tuple(classes))
+    return make_builtin_splits(config, seed=seed, progress=progress, **sizes)
 
 
 def read_image(path: str | Path, size: tuple[int, int] | None, in_chans: int | None) -> torch.Tensor:
