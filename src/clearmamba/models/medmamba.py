@@ -100,7 +100,8 @@ class MedMamba(nn.Module):
         self.num_classes = cfg.num_classes
         self.num_features = cfg.dims[-1]
         self.patch_embed = PatchEmbed2D(cfg.patch_size, cfg.in_chans, cfg.dims[0])
-        rates = torch.linspace(0, cfg.drop_path_rate, sum(cfg.depths)).tolist()
+        total = sum(cfg.depths)  # drop-path rates rise linearly from 0 to drop_path_rate over all blocks
+        rates = [cfg.drop_path_rate * i / max(total - 1, 1) for i in range(total)]
         starts = [sum(cfg.depths[:i]) for i in range(len(cfg.depths))]
         self.layers = nn.ModuleList(
             VSSLayer(

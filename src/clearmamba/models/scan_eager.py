@@ -5,9 +5,10 @@ Why it is shaped like this (measured on a 2-core CPU, see docs/benchmarks.md):
   contiguous slab and the broadcasts over n are outer-dim broadcasts (an innermost n=16 is ~4x slower);
 - the recurrence is one in-place ``addcmul_`` per step into a reused buffer (fresh multi-hundred-MB
   tensors cost as much as an extra pass in page faults);
-- time is streamed in chunks of ``chunk`` steps, so memory holds only chunk-sized buffers plus the
-  state at each chunk boundary; the backward recomputes a chunk's states from its boundary state
-  (one extra forward) and runs the adjoint recurrence backwards in time:
+- time is streamed in chunks of ``chunk`` steps (64, fewer for very wide states; ``auto_chunk``),
+  so memory holds only chunk-sized buffers plus the state at each chunk boundary; the backward
+  recomputes a chunk's states from its boundary state (one extra forward) and runs the adjoint
+  recurrence backwards in time:
 
     g_t = C_t gy_t + Ā_{t+1} ⊙ g_{t+1}                 (gradient w.r.t. the state x_t)
     P_t = g_t ⊙ Ā_t ⊙ x_{t-1}
@@ -22,9 +23,16 @@ from __future__ import annotations
 import torch
 from einops import rearrange
 
-from .selective_scan import register_scan_impl, scan_with_extras
+from .selective_scan import compute_dtype, register_scan_impl, scan_with_extras
 
-DEFAULT_CHUNK = 64
+MAX_CHUNK, MIN_CHUNK = 64, 8
+CHUNK_BUFFER_BYTES = 32 * 2**20  # per [chunk, b, g, n, e] buffer; the backward holds four
+
+
+def auto_chunk(b: int, d: int, n: int, itemsize: int = 4) -> int:
+    """Steps per chunk: up to 64, fewer when one step's state is large (bounds memory by batch)."""
+    per_step = b * d * n * itemsize
+    return max(MIN_CHUNK, min(MAX_CHUNK, CHUNK_BUFFER_BYTES // per_step))
 
 
 def to_state_major(x: torch.Tensor, groups: int) -> torch.Tensor:
@@ -106,13 +114,16 @@ def scan_backward(gy, delta, u, A, B, C, boundaries, chunk: int):
         if m > 1:
             torch.mul(da[1:], xs[:-1], out=p[1:])
         p.mul_(gs)
-        g_A += torch.einsum("tbgne,tbge->gne", p, delta[sl])
         g_B[sl] = torch.matmul(gs, du[sl].unsqueeze(-1)).squeeze(-1)
         gs_B = torch.matmul(B[sl].unsqueeze(-2), gs).squeeze(-2)  # Σ_n g_t B_t  [m, b, g, e]
         g_u[sl] = gs_B * delta[sl]
-        p.mul_(A)
-        torch.sum(p, dim=-2, out=g_delta[sl])
+        # gΔ_t = Σ_n P_t A + u_t Σ_n g_t B_t  (da is free now: reuse it as scratch)
+        torch.mul(p, A, out=da)
+        torch.sum(da, dim=-2, out=g_delta[sl])
         g_delta[sl].addcmul_(gs_B, u[sl])
+        # gA = Σ_{t,b} P_t Δ_t
+        p.mul_(delta[sl].unsqueeze(-2))
+        g_A += p.sum(dim=(0, 1))
     return g_delta, g_u, g_A, g_B, g_C
 
 
@@ -150,9 +161,11 @@ class EagerScanFn(torch.autograd.Function):
 
 
 def selective_scan_eager(
-    u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False, chunk: int = DEFAULT_CHUNK
+    u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False, chunk: int | None = None
 ):
     """CPU-friendly exact scan; same semantics as ``selective_scan_reference``."""
+    if chunk is None:
+        chunk = auto_chunk(u.shape[0], u.shape[1], A.shape[1], torch.finfo(compute_dtype(u)).bits // 8)
 
     def core(u, delta, A, B, C):
         return EagerScanFn.apply(u, delta, A, B, C, chunk)

@@ -93,6 +93,8 @@ class SS2D(nn.Module):
         self.Ds.fill_(1.0)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.ndim != 4 or x.shape[-1] != self.d_model:
+            raise ValueError(f"SS2D: expected input [b, h, w, {self.d_model}], got {tuple(x.shape)}")
         b, h, w, _ = x.shape
         k, n, r = DIRECTIONS, self.d_state, self.dt_rank
         x, z = self.in_proj(x).chunk(2, dim=-1)  # b h w d_inner, each
