@@ -16,6 +16,7 @@ from clearmamba.data.angiography import (
 )
 from clearmamba.data.examset import collate_exams
 
+SIZE = 32  # small frames keep the suite fast; the signatures do not depend on the size
 CLEAN = DeviceProfile("clean", gain=1.0, gamma=1.0, noise=0.0, blur=0.0, vignetting=0.0, resolution=1.0)
 
 
@@ -62,7 +63,7 @@ def test_left_eyes_are_mirrored_right_eyes():
 
 def _lesion_only(kind: str, n: int = 12, seed: int = 0) -> torch.Tensor:
     """Frames with minus without the lesion ``[n, t, h, w]``: noise-free camera, same plan and anatomy."""
-    base = dict(classes=(kind,), devices=(CLEAN,), heldout_devices=(), icga_fraction=0.0)
+    base = dict(classes=(kind,), devices=(CLEAN,), heldout_devices=(), icga_fraction=0.0, size=SIZE)
     with_lesion = simulate_exams(n, SimulatorConfig(**base), seed=seed, anatomy_seed=0)
     without = simulate_exams(n, SimulatorConfig(**base, lesion_strength=0.0), seed=seed, anatomy_seed=0)
     return (with_lesion.frames - without.frames)[:, :, 0]
@@ -91,7 +92,7 @@ def test_pooling_non_perfusion_microaneurysm_signatures():
     assert (np_.amax((-1, -2)) < 0.02).all()  # and never brighter
     ma = _lesion_only("microaneurysms")
     early_area = _area(ma)[:, 2]
-    assert (early_area > 0).all() and (early_area < 0.05 * 64 * 64).all()  # early pinpoint dots
+    assert (early_area > 0).all() and (early_area < 0.05 * SIZE * SIZE).all()  # early pinpoint dots
     assert (ma[:, 0].amax((-1, -2)) < ma[:, 2].amax((-1, -2))).all()  # not there before the arterial phase
 
 
@@ -102,7 +103,7 @@ def test_single_late_frame_cannot_separate_leakage_from_staining_but_frame_diffe
     from sklearn.preprocessing import StandardScaler
 
     cfg = SimulatorConfig(size=32, classes=("leakage", "staining"))
-    s = simulate_exams(300, cfg, seed=3, anatomy_seed=0)
+    s = simulate_exams(240, cfg, seed=3, anatomy_seed=0)
     x, y = s.frames[:, :, 0], s.labels.numpy()
 
     def brightness_profile(img: torch.Tensor) -> np.ndarray:
@@ -160,3 +161,15 @@ def test_bad_config_errors_name_the_field():
         SimulatorConfig(heldout_devices=("nope",))
     with pytest.raises(ValueError, match="devices"):
         simulate_exams(2, SimulatorConfig(size=16), devices=("nope",))
+
+
+def test_importing_the_data_package_stays_light():
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, clearmamba.data, clearmamba.data.angiography, clearmamba.data.loaders;"
+        "print(sorted({m.split('.')[0] for m in sys.modules} & {'skimage', 'scipy', 'PIL', 'sklearn'}))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"

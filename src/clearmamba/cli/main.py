@@ -7,6 +7,7 @@ import typer
 
 from clearmamba import __version__
 from clearmamba.cli import train as train_cli
+from clearmamba.cli.data import data_app
 
 app = typer.Typer(
     name="clearmamba",
@@ -23,6 +24,9 @@ def version() -> None:
 
 
 train_cli.register(app)  # train, evaluate, predict, demo
+
+
+app.add_typer(data_app, name="data")
 
 
 def main() -> None:

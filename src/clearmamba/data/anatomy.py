@@ -42,7 +42,9 @@ def _choroid_network(rng: np.random.Generator, res: int) -> np.ndarray:
     # zero-crossings of band-passed noise form a connected, tortuous network like choroidal vessels
     band = _smooth_noise(rng, res, res / 40) - 0.6 * _smooth_noise(rng, res, res / 20)
     band /= band.std() + 1e-8
-    return np.exp(-((band / 0.28) ** 2)).astype(np.float32)
+    from scipy.ndimage import gaussian_filter
+
+    return gaussian_filter(np.exp(-((band / 0.3) ** 2)), res / 80).astype(np.float32)
 
 
 def _capillary_bed(rng: np.random.Generator, res: int, macula_xy: tuple[float, float]) -> np.ndarray:
@@ -61,37 +63,54 @@ def _soft_masks(res: int, disc_xy, macula_xy) -> tuple[np.ndarray, np.ndarray]:
     return disc.astype(np.float32), macula.astype(np.float32)
 
 
-def _grow_vessel(rng, points, x, y, heading, target, width, depth, macula_xy) -> None:
-    """Branching random walk: heading relaxes toward ``target``; side branches spawn with thinner widths."""
+def _grow_vessel(rng, segments, x, y, heading, target, width, depth, macula_xy) -> None:
+    """Branching random walk: heading relaxes toward ``target``; side branches spawn with thinner widths
+    and wander (their own target drifts) so that small vessels curve instead of running straight."""
     step = 0.022
     for _ in range(120):
-        points.append((x, y, width))
         heading += 0.08 * np.angle(np.exp(1j * (target - heading))) + rng.normal(0, 0.12)
-        x, y = x + step * np.cos(heading), y + step * np.sin(heading)
+        if depth > 0:
+            target += rng.normal(0, 0.15)
+        nx, ny = x + step * np.cos(heading), y + step * np.sin(heading)
+        segments.append((x, y, nx, ny, width))
+        x, y = nx, ny
         if np.hypot(x, y) > 1.0 or np.hypot(x - macula_xy[0], y - macula_xy[1]) < FAZ_RADIUS:
             return
-        if depth < 3 and width > 0.009 and rng.random() < 0.07:
+        if depth < 3 and width > 0.009 and rng.random() < 0.05:
             side = rng.choice([-1.0, 1.0])
             child = heading + side * rng.uniform(0.5, 0.95)
-            _grow_vessel(
-                rng, points, x, y, child, child, width * rng.uniform(0.55, 0.75), depth + 1, macula_xy
-            )
+            thinner = width * rng.uniform(0.55, 0.75)
+            _grow_vessel(rng, segments, x, y, child, child, thinner, depth + 1, macula_xy)
             width *= 0.93
         width *= 0.995
         if width < 0.005:
             return
 
 
-def _render(points: list[tuple[float, float, float]], res: int) -> np.ndarray:
+def _render(segments: list[tuple[float, float, float, float, float]], res: int) -> np.ndarray:
+    """Rasterise vessel segments as discs placed every half pixel (vectorised splat); thin vessels are
+    dimmer (partial volume: a vessel narrower than a pixel fills only part of it)."""
     from scipy.ndimage import gaussian_filter
-    from skimage.draw import disk
 
-    canvas = np.zeros((res, res), dtype=np.float32)
+    seg = np.asarray(segments, dtype=np.float64).reshape(-1, 5)
     scale = res / 2
-    for x, y, w in points:
-        rr, cc = disk(((y + 1) * scale, (x + 1) * scale), max(w * scale, 0.6), shape=canvas.shape)
-        canvas[rr, cc] = 1.0
-    return gaussian_filter(canvas, 0.5)
+    steps = np.maximum((np.hypot(seg[:, 2] - seg[:, 0], seg[:, 3] - seg[:, 1]) * scale * 2).astype(int), 1)
+    owner = np.repeat(np.arange(len(seg)), steps + 1)
+    frac = np.concatenate([np.linspace(0, 1, k + 1) for k in steps])
+    s = seg[owner]
+    cx = (s[:, 0] + frac * (s[:, 2] - s[:, 0]) + 1) * scale  # column, pixels
+    cy = (s[:, 1] + frac * (s[:, 3] - s[:, 1]) + 1) * scale  # row, pixels
+    radius = np.maximum(s[:, 4] * scale, 0.7)
+    level = np.minimum(1.0, 0.2 + s[:, 4] / 0.03)
+    canvas = np.zeros((res, res), dtype=np.float64)
+    reach = int(np.ceil(radius.max()))
+    for dy in range(-reach, reach + 1):
+        for dx in range(-reach, reach + 1):
+            row, col = np.round(cy).astype(int) + dy, np.round(cx).astype(int) + dx
+            inside = (np.hypot(row + 0.5 - cy, col + 0.5 - cx) <= radius) & (row >= 0) & (row < res)
+            inside &= (col >= 0) & (col < res)
+            np.maximum.at(canvas, (row[inside], col[inside]), level[inside])
+    return gaussian_filter(canvas, 0.5).astype(np.float32)
 
 
 def procedural_template(rng: np.random.Generator, res: int) -> np.ndarray:
@@ -102,11 +121,11 @@ def procedural_template(rng: np.random.Generator, res: int) -> np.ndarray:
     arcades = [(-1.9, np.pi), (1.9, np.pi), (-0.9, -0.3), (0.9, 0.3)]
     maps = {}
     for kind, offset, width in (("artery", -0.12, 0.017), ("vein", 0.12, 0.023)):
-        points: list[tuple[float, float, float]] = []
+        segments: list[tuple[float, float, float, float, float]] = []
         for start, target in arcades:
             h = start + offset + rng.normal(0, 0.1)
-            _grow_vessel(rng, points, disc_xy[0], disc_xy[1], h, target, width, 0, macula_xy)
-        maps[kind] = _render(points, res)
+            _grow_vessel(rng, segments, disc_xy[0], disc_xy[1], h, target, width, 0, macula_xy)
+        maps[kind] = _render(segments, res)
     disc, macula = _soft_masks(res, disc_xy, macula_xy)
     return np.stack(
         [
@@ -163,8 +182,8 @@ def retina_template(rng: np.random.Generator, res: int) -> np.ndarray:
     disc, macula = _soft_masks(res, disc_xy, macula_xy)
     return np.stack(
         [
-            np.clip(artery / max(np.percentile(artery, 99.5), 1e-6), 0, 1),
-            np.clip(vein / max(np.percentile(vein, 99.5), 1e-6), 0, 1),
+            np.clip(artery / max(np.percentile(artery, 99.8), 1e-6), 0, 1) ** 1.2,  # faint vessels dimmer
+            np.clip(vein / max(np.percentile(vein, 99.8), 1e-6), 0, 1) ** 1.2,
             _capillary_bed(rng, res, macula_xy),
             _choroid_network(rng, res),
             disc,

@@ -20,35 +20,12 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from clearmamba.data.devices import DEFAULT_DEVICES, DeviceProfile, apply_device
 from clearmamba.data.examset import UNKNOWN_LABEL, ExamSet
+from clearmamba.data.lesions import MAX_DOTS, UNSEEN_PATTERN, dye_curves, lesion_maps, progress_axis
 
 CLASS_NAMES = ("normal", "leakage", "staining", "pooling", "non_perfusion", "microaneurysms")
-UNSEEN_PATTERN = "laser_scars"  # a disease no model was trained on: rings of laser photocoagulation scars
 CHUNK = 256  # exams rendered per batch; fixed so that the noise stream, hence the output, never depends on it
-MAX_DOTS = 12
-
-
-@dataclass(frozen=True)
-class DeviceProfile:
-    """A fundus camera: how it degrades the ideal image."""
-
-    name: str
-    gain: float = 1.0
-    gamma: float = 1.0
-    noise: float = 0.02  # std of signal-dependent Gaussian noise
-    blur: float = 0.0  # Gaussian blur sigma, in pixels at 64x64
-    vignetting: float = 0.15  # fractional darkening at the FOV edge
-    resolution: float = 1.0  # sensor resolution relative to the output size
-
-
-DEFAULT_DEVICES = (
-    DeviceProfile("device_A", gain=1.0, gamma=1.0, noise=0.02, blur=0.0, vignetting=0.15, resolution=1.0),
-    DeviceProfile("device_B", gain=0.9, gamma=1.2, noise=0.03, blur=0.6, vignetting=0.3, resolution=1.0),
-    DeviceProfile("device_C", gain=1.1, gamma=0.85, noise=0.015, blur=0.3, vignetting=0.1, resolution=0.75),
-    DeviceProfile("device_D", gain=0.85, gamma=1.1, noise=0.035, blur=0.8, vignetting=0.25, resolution=1.0),
-    # held out of training by default: a low-resolution, noisy, high-gain wide-field camera
-    DeviceProfile("device_E", gain=1.3, gamma=0.7, noise=0.06, blur=1.2, vignetting=0.45, resolution=0.5),
-)
 
 
 @dataclass
@@ -179,119 +156,6 @@ def _sample_exam_plan(n: int, cfg: SimulatorConfig, rng: np.random.Generator, de
 # ----------------------------------------------------------------------------------------------- rendering
 
 
-def _sig(x: torch.Tensor) -> torch.Tensor:
-    return torch.sigmoid(x)
-
-
-def _dye_curves(times: torch.Tensor, arrival: torch.Tensor, icga: torch.Tensor) -> dict[str, torch.Tensor]:
-    """Dye curves ``[b, t]`` in (0, 1). u = (t - arrival) / speed; ICGA is slower (speed 1.8)."""
-    speed = torch.where(icga, 1.8, 1.0)[:, None]
-    u = (times - arrival[:, None]) / speed
-    t_eff = times / speed
-    washout = torch.exp(-t_eff / 700.0)  # dye leaves the vessels in the late phase
-    artery = _sig((u - 1.0) / 0.8) * (0.45 + 0.55 * torch.exp(-(u - 1.0).clamp(min=0) / 12)) * washout
-    vein = _sig((u - 6.0) / 1.8) * (0.45 + 0.55 * torch.exp(-(u - 6.0).clamp(min=0) / 25)) * washout
-    choroid = _sig((u + 0.5) / 0.6) * (0.3 + 0.7 * torch.exp(-u.clamp(min=0) / 8))
-    late = _sig((t_eff - 180.0) / 90.0)  # late phase: diffuse tissue staining, disc staining
-    return {"u": u, "artery": artery, "vein": vein, "choroid": choroid, "late": late}
-
-
-def _progress(u: torch.Tensor, real: torch.Tensor) -> torch.Tensor:
-    """Per-frame progress ``[b, t]`` in [0, 1] on a log-time axis: 0 at 2 s after arrival, 1 at the last real
-    frame. Lesion sizes and brightness are functions of it, so the last frame looks alike across exams."""
-    u0 = 2.0
-    last = u.gather(1, (real - 1)[:, None]).clamp(min=u0 + 1)
-    return (torch.log(u.clamp(min=u0) / u0) / torch.log(last / u0)).clamp(0, 1)
-
-
-def _lesions(kind: str, p: dict, d: torch.Tensor, angle: torch.Tensor, prog: torch.Tensor, curves, xx, yy):
-    """Additive lesion map ``[b, t, h, w]`` and multiplicative perfusion map ``[b, 1, h, w]`` of a kind."""
-    b, t = prog.shape
-    R = p["radius"][:, None, None, None]
-    bright = p["brightness"][:, None, None, None]
-    pg = prog[:, :, None, None]
-    ones = torch.ones_like(d[:, None])
-    if kind == "leakage":  # grows in size and brightness through the late frames, fuzzy margin
-        radius, level = R * (0.25 + 0.75 * pg), bright * (0.1 + 0.9 * pg)
-        return level * _sig((radius - d[:, None]) / (0.25 * R)), ones
-    if kind == "staining":  # bright from mid frames on, constant size: same final appearance as leakage
-        level = bright * ((pg - 0.15) / 0.3).clamp(0, 1)
-        return level * _sig((R - d[:, None]) / (0.25 * R)), ones
-    if kind == "pooling":  # fills a sharply bounded (elliptic) space gradually, stays bright
-        a, c, rot = p["ellipse"][:, 0], p["ellipse"][:, 1], p["ellipse"][:, 2]
-        dx, dy = p["dx"], p["dy"]
-        cr, sr = torch.cos(rot)[:, None, None], torch.sin(rot)[:, None, None]
-        along, across = (dx * cr + dy * sr) / a[:, None, None], (-dx * sr + dy * cr) / c[:, None, None]
-        e = torch.sqrt(along**2 + across**2)
-        level = bright * (0.1 + 0.9 * (pg / 0.8).clamp(0, 1))
-        return level * _sig((R - e[:, None]) / 0.012), ones
-    if kind == "non_perfusion":  # dark capillary-free zone with an irregular border, constant in time
-        amp, lobes, phase = p["wobble"][:, 0], p["wobble"][:, 1], p["wobble"][:, 2]
-        wobble = amp[:, None, None] * torch.sin(lobes[:, None, None] * angle + phase[:, None, None])
-        border = 2.2 * R[:, 0] * (1 + wobble)
-        zone = _sig((border - d) / 0.02)
-        return torch.zeros((b, t, *d.shape[1:])), (1 - 0.9 * p["strength"][:, None, None] * zone)[:, None]
-    if kind == "microaneurysms":  # pinpoint dots lighting up with the arterial phase, slowly fading
-        dots = torch.zeros_like(d)
-        for k in range(MAX_DOTS):
-            on = (p["dot_count"] > k).float()[:, None, None]
-            r2 = (xx - p["dots"][:, k, 0, None, None]) ** 2 + (yy - p["dots"][:, k, 1, None, None]) ** 2
-            dots = dots + on * torch.exp(-r2 / (2 * 0.02**2))
-        u = curves["u"][:, :, None, None]
-        level = 1.6 * bright * _sig((u - 1.5) / 0.8) * (0.7 + 0.3 * torch.exp(-u.clamp(min=0) / 300))
-        return level * dots[:, None], ones
-    if kind == UNSEEN_PATTERN:  # rings with hyperfluorescent rims (window defects) and dark pigmented centres
-        rim, centre = torch.zeros_like(d), torch.zeros_like(d)
-        for k in range(MAX_DOTS):
-            on = (p["dot_count"] > k).float()[:, None, None]
-            cx = p["scar_radius"][:, k] * torch.cos(p["scar_angle"][:, k])
-            cy = p["scar_radius"][:, k] * torch.sin(p["scar_angle"][:, k])
-            dk = torch.sqrt((xx - cx[:, None, None]) ** 2 + (yy - cy[:, None, None]) ** 2)
-            rim = rim + on * torch.exp(-(((dk - 0.05) / 0.018) ** 2))
-            centre = torch.maximum(centre, on * _sig((0.035 - dk) / 0.01))
-        level = bright * (0.5 + 0.8 * curves["choroid"][:, :, None, None])
-        return level * rim[:, None], (1 - 0.8 * p["strength"][:, None, None] * centre)[:, None]
-    return torch.zeros((b, t, *d.shape[1:])), ones
-
-
-def _optics_matrix(dev: DeviceProfile, size: int) -> torch.Tensor:
-    """``[size, size]`` matrix T such that ``T @ x @ T.T`` blurs (Gaussian, edge-renormalised) and resamples
-    ``x`` through the device's lower sensor resolution (area down, linear up). Two matmuls per frame."""
-    index = torch.arange(size, dtype=torch.float32)
-    sigma = dev.blur * size / 64
-    if sigma > 0:
-        blur = torch.exp(-((index[:, None] - index[None, :]) ** 2) / (2 * sigma**2))
-        blur = blur / blur.sum(1, keepdim=True)
-    else:
-        blur = torch.eye(size)
-    low = max(int(round(size * dev.resolution)), 8)
-    if low >= size:
-        return blur
-    down = F.interpolate(torch.eye(size)[None], size=low, mode="area")[0].T  # [low, size]
-    up = F.interpolate(torch.eye(low)[None], size=size, mode="linear", align_corners=False)[
-        0
-    ].T  # [size, low]
-    return up @ down @ blur
-
-
-def _apply_device(
-    x: torch.Tensor, dev: DeviceProfile, fov: torch.Tensor, gen: torch.Generator
-) -> torch.Tensor:
-    """Camera degradation of ``x [m, h, w]``: blur, resolution, vignetting, gain, gamma, noise."""
-    size = x.shape[-1]
-    optics = _optics_matrix(dev, size)
-    x = optics @ x @ optics.T
-    axis = (torch.arange(size) + 0.5) / size * 2 - 1
-    r2 = axis[None, :] ** 2 + axis[:, None] ** 2
-    x = x * ((1 - dev.vignetting * r2.clamp(max=1)) * dev.gain)
-    x = x.clamp_(0, 1)
-    if dev.gamma != 1.0:
-        x = x.pow_(dev.gamma)
-    noise = torch.randn(x.shape, generator=gen)
-    x = x.addcmul_(noise, torch.sqrt(x + 0.05), value=dev.noise)
-    return (x * fov).clamp_(0, 1)
-
-
 def _render_chunk(plan: dict, sl: slice, cfg: SimulatorConfig, kinds: tuple[str, ...], bank, fov, gen):
     from clearmamba.data.anatomy import warp_templates
 
@@ -303,8 +167,8 @@ def _render_chunk(plan: dict, sl: slice, cfg: SimulatorConfig, kinds: tuple[str,
     artery, vein, capillary, choroid, disc, macula = anat.unbind(1)
     icga = torch.as_tensor(plan["icga"][sl])
     times, real = take("times"), torch.as_tensor(plan["real_frames"][sl], dtype=torch.int64)
-    curves = _dye_curves(times, take("arrival"), icga)
-    prog = _progress(curves["u"], real)
+    curves = dye_curves(times, take("arrival"), icga)
+    prog = progress_axis(curves["u"], real)
 
     # lesion centre: the first candidate inside the fundus and away from the optic disc
     cand = take("lesion_candidates")  # [b, 6, 2]
@@ -330,7 +194,7 @@ def _render_chunk(plan: dict, sl: slice, cfg: SimulatorConfig, kinds: tuple[str,
         r = torch.as_tensor(rows)
         sub = {k: v[r] for k, v in params.items()}
         sub_curves = {k: v[r] for k, v in curves.items()}
-        add, mult = _lesions(kind, sub, d[r], angle[r], prog[r], sub_curves, xx, yy)
+        add, mult = lesion_maps(kind, sub, d[r], angle[r], prog[r], sub_curves, xx, yy)
         lesion[r], perfusion[r] = add, mult
 
     # The background is linear in the dye curves: image = sum_k coef[b, t, k] * basis[b, k, h, w]
@@ -352,7 +216,7 @@ def _render_chunk(plan: dict, sl: slice, cfg: SimulatorConfig, kinds: tuple[str,
     )
     zero = torch.zeros_like(a)
     ffa = torch.stack(
-        [c, 0.35 * (0.6 * a + 0.4 * v), 0.8 * a, 0.8 * v, 0.35 * a + 0.3 * late, 0.06 * late, zero, zero],
+        [c, 0.35 * (0.6 * a + 0.4 * v), 0.6 * a, 0.6 * v, 0.35 * a + 0.3 * late, 0.06 * late, zero, zero],
         dim=-1,
     )
     icg = torch.stack([zero, 0.12 * c, 0.55 * a, 0.55 * v, 0.15 * a, zero, 0.55 * c, 0.18 * late], dim=-1)
@@ -366,7 +230,7 @@ def _render_chunk(plan: dict, sl: slice, cfg: SimulatorConfig, kinds: tuple[str,
     for name in dict.fromkeys(devices.tolist()):
         r = torch.as_tensor(np.nonzero(devices == name)[0])
         chunk = image[r].reshape(-1, size, size)
-        out[r] = _apply_device(chunk, by_name[name], fov, gen).reshape(len(r), cfg.frames, size, size)
+        out[r] = apply_device(chunk, by_name[name], fov, gen).reshape(len(r), cfg.frames, size, size)
     mask = torch.arange(cfg.frames)[None] < real[:, None]
     out = out * mask[:, :, None, None]
     return out[:, :, None].expand(-1, -1, cfg.channels, -1, -1).contiguous(), times * mask, mask

@@ -43,7 +43,15 @@ def non_angiography_exams(n: int, config: SimulatorConfig | None = None, seed: i
 
     cfg = config or SimulatorConfig()
     rng = np.random.default_rng([seed, 3])
-    images = {name: _source_image(name) for name in NON_ANGIOGRAPHY_SOURCES}
+    images = {}
+    for name in NON_ANGIOGRAPHY_SOURCES:
+        img = _source_image(name)
+        longest = max(img.shape[-3:-1])
+        if longest > 8 * cfg.size:  # shrink once, so each crop's resize is cheap
+            factor = 8 * cfg.size / longest
+            new_hw = tuple(max(int(d * factor), 1) for d in img.shape[-3:-1])
+            img = resize(img, (*img.shape[:-3], *new_hw, img.shape[-1]), anti_aliasing=True)
+        images[name] = img.astype(np.float32)
     frames = torch.zeros((n, cfg.frames, cfg.channels, cfg.size, cfg.size))
     sources = []
     for i in range(n):

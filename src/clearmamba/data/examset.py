@@ -95,7 +95,11 @@ class ExamSet(Dataset):
             class_names=self.class_names,
             true_labels=self.true_labels[idx],
             name=self.name if name is None else name,
-            info=dict(self.info),
+            # per-exam lists in info (e.g. the OOD "kind") follow the selection
+            info={
+                k: [v[j] for j in pick] if isinstance(v, list) and len(v) == len(self) else v
+                for k, v in self.info.items()
+            },
         )
 
     def class_counts(self) -> list[int]:
