@@ -32,6 +32,7 @@ from .detection import (
     fpr_at_tpr,
     misclassification_metrics,
     ood_metrics,
+    ood_metrics_by_set,
     roc_curve_points,
 )
 from .selective import (
@@ -73,6 +74,7 @@ __all__ = [
     "misclassification_metrics",
     "nll",
     "ood_metrics",
+    "ood_metrics_by_set",
     "optimal_aurc",
     "per_class_recall",
     "per_sample_nll",

@@ -13,8 +13,6 @@ from typing import Any, NamedTuple
 import numpy as np
 import torch
 
-from ._inputs import as_tensor
-
 
 class BootstrapResult(NamedTuple):
     estimate: float
@@ -62,7 +60,8 @@ def bootstrap_ci(
     if groups is None:
         members = [np.array([i]) for i in range(n)]
     else:
-        group_ids = as_tensor(groups, "groups").numpy()
+        # ids may be strings ("P017-OD"), so stay in numpy
+        group_ids = groups.cpu().numpy() if isinstance(groups, torch.Tensor) else np.asarray(groups)
         if group_ids.shape[0] != n:
             raise ValueError(f"groups: expected {n} group ids (one per sample), got {group_ids.shape[0]}")
         _, inverse = np.unique(group_ids, return_inverse=True)

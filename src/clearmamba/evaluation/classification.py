@@ -35,15 +35,17 @@ def accuracy(probs: ArrayLike, labels: ArrayLike) -> float:
 
 
 def macro_f1(probs: ArrayLike, labels: ArrayLike) -> float:
-    # classes absent from both labels and predictions count as F1 = 0 in torchmetrics; report what it reports
+    # classes absent from both labels and predictions are left out of the mean (torchmetrics, like sklearn)
     p, y = as_probs_labels(probs, labels)
     return multiclass_f1_score(p, y, num_classes=p.shape[1], average="macro").item()
 
 
 def per_class_recall(probs: ArrayLike, labels: ArrayLike) -> Tensor:
-    """Recall (sensitivity) of each class, ``[k]``."""
+    """Recall (sensitivity) of each class, ``[k]``; NaN for a class without samples (torchmetrics says 0)."""
     p, y = as_probs_labels(probs, labels)
-    return multiclass_recall(p, y, num_classes=p.shape[1], average="none")
+    recall = multiclass_recall(p, y, num_classes=p.shape[1], average="none")
+    present = torch.bincount(y, minlength=p.shape[1]) > 0
+    return torch.where(present, recall, torch.full_like(recall, float("nan")))
 
 
 def _bin_index(confidence: Tensor, n_bins: int) -> Tensor:
@@ -54,12 +56,16 @@ def _bin_index(confidence: Tensor, n_bins: int) -> Tensor:
 
 
 def _equal_mass_index(confidence: Tensor, n_bins: int) -> Tensor:
-    # sort by confidence, cut into n_bins runs whose sizes differ by at most one
+    # sort by confidence, cut into n_bins runs whose sizes differ by at most one; tied confidences
+    # all join the bin of the first of them, so the input order can never change the result
     b = confidence.numel()
     order = confidence.argsort(stable=True)
+    sorted_conf = confidence[order]
     rank_bin = torch.div(torch.arange(b) * n_bins, b, rounding_mode="floor")
+    new_value = torch.cat([torch.tensor([True]), sorted_conf[1:] != sorted_conf[:-1]])
+    run_start = torch.cummax(torch.where(new_value, torch.arange(b), 0), 0).values
     index = torch.empty(b, dtype=torch.long)
-    index[order] = rank_bin
+    index[order] = rank_bin[run_start]
     return index
 
 
@@ -117,7 +123,7 @@ def mce(probs: ArrayLike, labels: ArrayLike, n_bins: int = 15) -> float:
 
 
 def adaptive_ece(probs: ArrayLike, labels: ArrayLike, n_bins: int = 15) -> float:
-    """ECE over equal-mass bins (each holds ``b / n_bins`` samples, +-1), Nixon et al. 2019."""
+    """ECE over equal-mass bins (Nixon et al. 2019): ``b / n_bins`` samples each (+-1), ties kept together."""
     gap, weight = _calibration_gaps(reliability_bins(probs, labels, n_bins, equal_mass=True))
     return (gap * weight).sum().item()
 

@@ -9,6 +9,8 @@ per distinct score value.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 import torch
 from torch import Tensor
 
@@ -113,3 +115,11 @@ def ood_metrics(score_in: ArrayLike, score_out: ArrayLike) -> dict[str, float]:
         "aupr_out": average_precision(score, is_ood),
         "fpr95": fpr_at_tpr(score, is_ood, 0.95),
     }
+
+
+def ood_metrics_by_set(
+    score_in: ArrayLike, scores_out: Mapping[str, ArrayLike]
+) -> dict[str, dict[str, float]]:
+    """:func:`ood_metrics` of one in-distribution set against each named OOD set (near / far, per device)."""
+    s_in = as_score(score_in, "score_in")
+    return {name: ood_metrics(s_in, as_score(s, f"scores_out[{name!r}]")) for name, s in scores_out.items()}
