@@ -388,3 +388,36 @@ def test_unknown_labels_mark_unlabelled_and_ood_sets(tmp_path):
     mixed = Prediction(probs=probs, labels=torch.where(labels == 0, -1, labels))
     with pytest.raises(ValueError, match=r"\['test'\]\.labels: \d+ of 40 labels are negative"):
         compute_report_metrics({"m": {"test": mixed}}, class_names=CLASSES, n_boot=0)
+
+
+def test_bootstrap_resamples_whole_patients_when_groups_are_given(tmp_path):
+    from clearmamba import evaluation as ev
+
+    probs, labels = calibrated_probs(30, seed=21)
+    # every patient has four identical exams: resampling exams would make the interval too narrow
+    probs, labels = probs.repeat_interleave(4, 0), labels.repeat_interleave(4)
+    patients = [f"p{i // 4}" for i in range(120)]
+    predictions = {"m": {"test": Prediction(probs=probs, labels=labels)}}
+    grouped = compute_report_metrics(predictions, class_names=CLASSES, n_boot=100, groups={"test": patients})
+    plain = compute_report_metrics(predictions, class_names=CLASSES, n_boot=100)
+    correct = probs.argmax(1) == labels
+    expected = ev.bootstrap_ci(lambda ok: ok.double().mean().item(), correct, n_boot=100, seed=0, groups=patients)
+    low, high = grouped["models"]["m"]["sets"]["test"]["ci95"]["accuracy"]
+    assert (low, high) == pytest.approx((expected.low, expected.high))
+    plain_low, plain_high = plain["models"]["m"]["sets"]["test"]["ci95"]["accuracy"]
+    assert high - low > 1.3 * (plain_high - plain_low)
+    assert grouped["bootstrap_groups"] == ["test"]
+    text = write_report(tmp_path / "r.html", predictions, class_names=CLASSES, metrics=grouped).read_text()
+    assert "of whole patients (&#x27;test&#x27;)" in text
+    with pytest.raises(ValueError, match=r"groups\['test'\]: expected one group id per exam \(120"):
+        compute_report_metrics(predictions, class_names=CLASSES, n_boot=5, groups={"test": patients[:10]})
+
+
+def test_bad_gallery_is_named(tmp_path):
+    probs, labels = calibrated_probs(20, seed=1)
+    predictions = {"m": {"test": Prediction(probs=probs, labels=labels, ids=[f"e{i}" for i in range(20)])}}
+    with pytest.raises(ValueError, match=r"gallery\['e3'\]: expected frames as a tensor"):
+        write_report(tmp_path / "r.html", predictions, class_names=CLASSES, gallery={"e3": [[1, 2]]}, n_boot=0)
+    with pytest.raises(ValueError, match="gallery_model: 'x' is not one of the models"):
+        write_report(tmp_path / "r.html", predictions, class_names=CLASSES, gallery_model="x", n_boot=0)
+    assert not (tmp_path / "r.html").exists()

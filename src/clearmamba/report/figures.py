@@ -45,7 +45,6 @@ STYLE = {
     "axes.grid": True,
     "grid.alpha": 0.25,
     "figure.dpi": 100,
-    "savefig.bbox": "tight",
 }
 
 
@@ -154,7 +153,8 @@ def reliability_figure(panels: Sequence[tuple[str, Tensor, Tensor]], n_bins: int
 def _percent_formatter():
     from matplotlib.ticker import FuncFormatter
 
-    return FuncFormatter(lambda v, _: f"{100 * v:.0f}%")
+    # 3 significant digits: a tick at 72.5% must not read "73%"
+    return FuncFormatter(lambda v, _: f"{100 * v:.3g}%")
 
 
 # ---- right vs wrong ----------------------------------------------------------------------------------
@@ -233,7 +233,11 @@ def referral_curve(score: Tensor, correct: Tensor) -> tuple[np.ndarray, np.ndarr
 def referral_figure(
     curves: Sequence[tuple[str, Tensor, Tensor]], title: str, fractions: Sequence[float], max_referred: float = 0.5
 ) -> str:
-    """Accuracy on the cases the model keeps, against the share it refers to a doctor."""
+    """Accuracy on the cases the model keeps, against the share it refers to a doctor.
+
+    Dots mark the operating points ``fractions``; with one or two models each dot carries its value.
+    """
+    max_referred = min(1.0, max(max_referred, *(f + 0.1 for f in fractions))) if fractions else max_referred
     with _figure(10, 5.6) as fig:
         ax = fig.add_subplot(1, 1, 1)
         for i, (name, score, correct) in enumerate(curves):
@@ -244,7 +248,27 @@ def referral_figure(
             for f in fractions:
                 j = int(np.argmin(np.abs(referred - f)))
                 ax.plot(referred[j], accuracy[j], "o", color=colour, ms=7)
-            _label_at(ax, referred[shown], accuracy[shown], max_referred * (0.55 + 0.2 * (i % 3)), name, colour)
+                if len(curves) <= 2:  # first model's values above its dots, second's below
+                    ax.annotate(
+                        f"{100 * accuracy[j]:.0f}%",
+                        (referred[j], accuracy[j]),
+                        xytext=(0, 10 if i == 0 else -18),
+                        textcoords="offset points",
+                        ha="center",
+                        fontsize=11,
+                        color=colour,
+                        fontweight="bold",
+                    )
+            # names sit beyond the last operating point so they never cover its value
+            last = max(fractions, default=0.0)
+            _label_at(
+                ax,
+                referred[shown],
+                accuracy[shown],
+                last + (max_referred - last) * (0.3 + 0.35 * (i % 2)),
+                name,
+                colour,
+            )
         for f in fractions:
             ax.axvline(f, color="#999999", lw=0.8, ls=":")
         ax.set(xlim=(0, max_referred), title=plain(title))
@@ -295,6 +319,8 @@ def _to_display(frame: np.ndarray) -> np.ndarray:
 
 def film_strip(frames: Tensor, max_frames: int = 8, height: float = 1.6) -> str:
     """Frames ``[t, c, h, w]`` of one exam side by side, evenly subsampled to ``max_frames``."""
+    if not isinstance(frames, torch.Tensor):
+        raise TypeError(f"expected frames as a tensor [t, c, h, w], got {type(frames).__name__}")
     x = frames.detach().cpu().float()
     if x.ndim == 3:  # [t, h, w]
         x = x[:, None]

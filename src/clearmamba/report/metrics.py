@@ -24,7 +24,10 @@ import torch
 from torch import Tensor
 
 from clearmamba import evaluation as ev
+from clearmamba.report.roles import main_set, ood_names, resolve_ood_sets, resolve_primary_score, set_names
 from clearmamba.uncertainty import Prediction
+
+__all__ = ["compute_report_metrics", "headline_metrics", "main_set", "score_label", "single_thread"]
 
 REFERRAL_FRACTIONS = (0.05, 0.1, 0.2, 0.3)
 
@@ -66,73 +69,6 @@ def _finite(x: Any) -> float | None:
 
 def _interval(result: ev.BootstrapResult) -> list[float | None]:
     return [_finite(result.low), _finite(result.high)]
-
-
-# ---- who is who -------------------------------------------------------------------------------------
-
-
-def set_names(predictions: Mapping[str, Mapping[str, Prediction]]) -> list[str]:
-    """Every eval set name across models, in first-seen order."""
-    names: dict[str, None] = {}
-    for per_set in predictions.values():
-        names.update(dict.fromkeys(per_set))
-    return list(names)
-
-
-def resolve_ood_sets(
-    predictions: Mapping[str, Mapping[str, Prediction]], ood_sets: Mapping[str, Sequence[str]] | None
-) -> dict[str, list[str]]:
-    """``{in-distribution set: [its OOD sets]}``, checked against the sets that exist."""
-    names = set_names(predictions)
-    if ood_sets is None:
-        ood = [n for n in names if n.lower().startswith("ood")]
-        reference = [n for n in names if n not in ood]
-        if not ood:
-            return {}
-        if not reference:
-            raise ValueError(
-                f"ood_sets: every eval set looks OOD ({ood}); name an in-distribution reference, "
-                "e.g. ood_sets={'test': [...]}"
-            )
-        return {reference[0]: ood}
-    resolved: dict[str, list[str]] = {}
-    for reference, oods in ood_sets.items():
-        if isinstance(oods, str):
-            raise ValueError(f"ood_sets[{reference!r}]: expected a list of OOD set names, got the string {oods!r}")
-        for name in [reference, *oods]:
-            if name not in names:
-                raise ValueError(f"ood_sets: eval set {name!r} is not in the predictions (known: {names})")
-        if reference in {o for v in ood_sets.values() for o in v}:
-            raise ValueError(f"ood_sets: {reference!r} is used both as in-distribution reference and as OOD")
-        resolved[reference] = list(oods)
-    return resolved
-
-
-def ood_names(resolved: Mapping[str, Sequence[str]]) -> set[str]:
-    return {o for oods in resolved.values() for o in oods}
-
-
-def resolve_primary_score(
-    predictions: Mapping[str, Mapping[str, Prediction]], primary_score: Mapping[str, str] | None
-) -> dict[str, str]:
-    """Per model: the given score, else ``vacuity`` when every set has evidence, else ``msp``."""
-    primary_score = dict(primary_score or {})
-    unknown = set(primary_score) - set(predictions)
-    if unknown:
-        raise ValueError(f"primary_score: unknown model(s) {sorted(unknown)}; models are {list(predictions)}")
-    resolved = {}
-    for model, per_set in predictions.items():
-        if not per_set:
-            raise ValueError(f"predictions[{model!r}]: expected at least one eval set, got none")
-        available = set.intersection(*(set(p.available_scores()) for p in per_set.values()))
-        name = primary_score.get(model) or ("vacuity" if "vacuity" in available else "msp")
-        if name not in available:
-            raise ValueError(
-                f"primary_score[{model!r}] = {name!r} is not available for every eval set of this model; "
-                f"available: {sorted(available)}"
-            )
-        resolved[model] = name
-    return resolved
 
 
 # ---- per set ----------------------------------------------------------------------------------------
@@ -179,8 +115,12 @@ def labelled_metrics(
     seed: int = 0,
     fractions: Sequence[float] = REFERRAL_FRACTIONS,
     where: str = "prediction",
+    groups: Sequence | None = None,
 ) -> dict[str, Any]:
-    """Accuracy, calibration, wrong-answer confidence and selective prediction of one labelled set."""
+    """Accuracy, calibration, wrong-answer confidence and selective prediction of one labelled set.
+
+    ``groups`` (one patient or eye id per exam) makes the bootstrap resample whole groups.
+    """
     probs, labels = _arrays(pred, where)
     score = pred.score(score_name).detach().cpu().double()
     confidence, correct = ev.top_label(probs, labels)
@@ -192,7 +132,7 @@ def labelled_metrics(
         wrong = conf[~ok]
         return float("nan") if wrong.numel() == 0 else torch.quantile(wrong, 0.5).item()
 
-    boot = {"n_boot": max(n_boot, 1), "seed": seed}
+    boot = {"n_boot": max(n_boot, 1), "seed": seed, "groups": groups}
     entry: dict[str, Any] = {
         "n": len(labels),
         "accuracy": ev.accuracy(probs, labels),
@@ -227,12 +167,24 @@ def _ood_arrays(score_in: Tensor, score_out: Tensor) -> tuple[Tensor, Tensor]:
     return score, is_ood
 
 
-def ood_auroc_with_ci(score_in: Tensor, score_out: Tensor, n_boot: int, seed: int = 0) -> dict[str, Any]:
+def ood_auroc_with_ci(
+    score_in: Tensor,
+    score_out: Tensor,
+    n_boot: int,
+    seed: int = 0,
+    groups_in: Sequence | None = None,
+    groups_out: Sequence | None = None,
+) -> dict[str, Any]:
+    """``ev.ood_metrics`` plus a bootstrap interval of the AUROC (whole groups when both sets have them)."""
     detail = ev.ood_metrics(score_in, score_out)
     out = {k: _finite(v) for k, v in detail.items()}
     if n_boot > 0:
         score, is_ood = _ood_arrays(score_in, score_out)
-        out["auroc_ci95"] = _interval(ev.bootstrap_ci(ev.auroc, score, is_ood, n_boot=n_boot, seed=seed))
+        groups = None
+        if groups_in is not None and groups_out is not None:
+            # prefixed so that an id shared by the two sets still names two different groups
+            groups = [f"in:{g}" for g in groups_in] + [f"out:{g}" for g in groups_out]
+        out["auroc_ci95"] = _interval(ev.bootstrap_ci(ev.auroc, score, is_ood, n_boot=n_boot, seed=seed, groups=groups))
     return out
 
 
@@ -281,8 +233,12 @@ def compute_report_metrics(
     n_boot: int = 200,
     seed: int = 0,
     referral_fractions: Sequence[float] = REFERRAL_FRACTIONS,
+    groups: Mapping[str, Sequence] | None = None,
 ) -> dict[str, Any]:
     """Every number of the trust report, JSON-ready.
+
+    ``groups``: ``{eval_set: patient (or eye) id of each exam}``; the bootstrap of those sets then
+    resamples whole patients, since exams of one patient are not independent.
 
     Layout: ``result["models"][model]["sets"][eval_set]`` holds ``n``, ``role`` and, for labelled
     in-distribution sets, ``accuracy``, ``ece`` (15 bins), ``wrong_confidence_median``, ``aurc`` (of
@@ -293,11 +249,36 @@ def compute_report_metrics(
     """
     with single_thread():
         return _compute(
-            predictions, [str(c) for c in class_names], ood_sets, primary_score, n_boot, seed, referral_fractions
+            predictions,
+            [str(c) for c in class_names],
+            ood_sets,
+            primary_score,
+            n_boot,
+            seed,
+            referral_fractions,
+            _check_groups(predictions, groups),
         )
 
 
-def _compute(predictions, class_names, ood_sets, primary_score, n_boot, seed, referral_fractions) -> dict[str, Any]:
+def _check_groups(predictions: Mapping[str, Mapping[str, Prediction]], groups: Mapping | None) -> dict[str, list]:
+    groups = dict(groups or {})
+    names = set_names(predictions)
+    for name, ids in groups.items():
+        if name not in names:
+            raise ValueError(f"groups: eval set {name!r} is not in the predictions (known: {names})")
+        ids = groups[name] = [str(g) for g in ids]
+        for model, per_set in predictions.items():
+            if name in per_set and len(per_set[name]) != len(ids):
+                raise ValueError(
+                    f"groups[{name!r}]: expected one group id per exam ({len(per_set[name])} for model "
+                    f"{model!r}), got {len(ids)}"
+                )
+    return groups
+
+
+def _compute(
+    predictions, class_names, ood_sets, primary_score, n_boot, seed, referral_fractions, groups
+) -> dict[str, Any]:
     _check_inputs(predictions, class_names)
     resolved = resolve_ood_sets(predictions, ood_sets)
     oods = ood_names(resolved)
@@ -327,6 +308,7 @@ def _compute(predictions, class_names, ood_sets, primary_score, n_boot, seed, re
                         seed=seed,
                         fractions=referral_fractions,
                         where=where,
+                        groups=groups.get(name),
                     )
                 )
             entry["by_score"] = {s: {} for s in pred.available_scores()}
@@ -349,7 +331,12 @@ def _compute(predictions, class_names, ood_sets, primary_score, n_boot, seed, re
             ref_entry.setdefault("ci95", {})
             for o in names:
                 detail = ood_auroc_with_ci(
-                    per_set[reference].score(score_name), per_set[o].score(score_name), n_boot, seed
+                    per_set[reference].score(score_name),
+                    per_set[o].score(score_name),
+                    n_boot,
+                    seed,
+                    groups.get(reference),
+                    groups.get(o),
                 )
                 ref_entry["ood_auroc"][o] = detail["auroc"]
                 ref_entry["ood_detail"][o] = detail
@@ -367,23 +354,10 @@ def _compute(predictions, class_names, ood_sets, primary_score, n_boot, seed, re
         "class_names": class_names,
         "ood_sets": resolved,
         "n_boot": n_boot,
+        "bootstrap_groups": sorted(groups),
         "referral_fractions": list(referral_fractions),
         "models": models,
     }
-
-
-def main_set(metrics: Mapping[str, Any]) -> str | None:
-    """The set the headline is about: the first OOD reference with labels, else the first labelled set."""
-    labelled = [
-        name
-        for m in metrics["models"].values()
-        for name, entry in m["sets"].items()
-        if entry["role"] == "in-distribution"
-    ]
-    for reference in metrics["ood_sets"]:
-        if reference in labelled:
-            return reference
-    return labelled[0] if labelled else None
 
 
 HEADLINE_KEYS = ("n", "accuracy", "ece", "wrong_confidence_median", "aurc", "ood_auroc")
