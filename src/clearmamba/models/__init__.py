@@ -9,6 +9,9 @@ Other model files register factories with ``@register_model`` (from ``.registry`
 imported here so their names appear in ``list_models()``.
 """
 
+# CLEAR-Mamba and the MONAI baselines register themselves (MONAI itself is imported only when built).
+from . import baselines as _baselines  # noqa: F401, E402
+from . import clear_mamba as _clear_mamba  # noqa: F401, E402
 from . import scan_compiled as _scan_compiled  # noqa: F401  (registers impl "compiled")
 from . import scan_cuda as _scan_cuda  # noqa: F401  (registers impl "cuda")
 from . import scan_eager as _scan_eager  # noqa: F401  (registers impl "eager")
