@@ -27,6 +27,10 @@ def demo() -> None:
     typer.echo("demo arrives with the CLEAR-Mamba issue")
 
 
+app.add_typer(__import__("clearmamba.cli.experiment", fromlist=["_"]).experiment_app, name="experiment")
+app.add_typer(__import__("clearmamba.cli.experiment", fromlist=["_"]).active_app, name="active")
+
+
 def main() -> None:
     app()
 
