@@ -114,7 +114,15 @@ def edl_loss_fn(config: EDLMnistConfig, loss: str) -> EvidentialLoss:
     return EvidentialLoss(loss, kl_weight=config.kl_weight, annealing=schedule)
 
 
-def train_models(config: EDLMnistConfig, data: dict, progress=None) -> tuple[dict, dict]:
+def _stats_line(name: str, seconds: float, last: dict) -> str:
+    parts = [f"{name}: {seconds:.0f} s", f"train accuracy {last['accuracy']:.4f}",
+             f"mean p right/wrong {last['p_right']:.3f}/{last.get('p_wrong', float('nan')):.3f}"]
+    if "u_right" in last:
+        parts.append(f"mean K/S right/wrong {last['u_right']:.3f}/{last.get('u_wrong', float('nan')):.3f}")
+    return ", ".join(parts)
+
+
+def train_models(config: EDLMnistConfig, data: dict, progress=None, log: Callable[[str], None] = print):
     """Train the softmax LeNets (ensemble members; member 0 is "softmax") and one EDL LeNet per loss."""
     images, labels = data["train"]
     steps = max(1, round(config.epochs * -(-len(images) // config.batch_size)))
@@ -128,6 +136,7 @@ def train_models(config: EDLMnistConfig, data: dict, progress=None) -> tuple[dic
         history = train(model, loss_fn, images, labels, config.train_config(seed), on_step)
         logs[name] = {"history": history, "seconds": time.perf_counter() - start}
         models[name] = model
+        log(_stats_line(name, logs[name]["seconds"], history[-1]))
 
     for m in range(config.ensemble_size):
         torch.manual_seed(config.seed + m)
@@ -210,7 +219,7 @@ def run(config: EDLMnistConfig, out_dir: str | os.PathLike, progress=None, log: 
     data = load_data(config)
     log(f"data: train {tuple(data['train'][0].shape)}, test {tuple(data['test'][0].shape)}, "
         + ", ".join(f"{k} {len(v)}" for k, v in data["ood"].items()))
-    models, logs = train_models(config, data, progress)
+    models, logs = train_models(config, data, progress, log)
     methods = method_models(config, models)
     test_x, test_y = data["test"]
     results, entropies = {}, {}
@@ -220,7 +229,9 @@ def run(config: EDLMnistConfig, out_dir: str | os.PathLike, progress=None, log: 
         ood = {k: predict(model, x) for k, x in data["ood"].items()}
         results[name] = evaluate_method(prediction, test_y, ood, natural_score(name))
         results[name]["inference_seconds"] = time.perf_counter() - tic
-        entropies[name] = {k: p.score("entropy").numpy() for k, p in ood.items()}
+        # the in-distribution panel shows what the OOD panels hide: how unsure each method is on clean digits
+        entropies[name] = {"mnist_test": prediction.score("entropy").numpy()}
+        entropies[name].update({k: p.score("entropy").numpy() for k, p in ood.items()})
         log(f"{name}: accuracy {results[name]['accuracy']:.4f}")
     rotation = rotating_digit({k: methods[k] for k in methods if k == "softmax" or k.startswith("edl_")},
                               data["test_raw"], test_y)

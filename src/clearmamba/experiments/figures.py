@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
-OOD_TITLES = {"fashion": "Fashion-MNIST", "animal": "Animal-MNIST", "letters": "letters A-J (semi-synthetic)"}
+OOD_TITLES = {"mnist_test": "MNIST test (in-distribution)", "fashion": "Fashion-MNIST", "animal": "Animal-MNIST", "letters": "letters A-J (semi-synthetic)"}
 METHOD_TITLES = {
     "softmax": "softmax",
     "mc_dropout": "MC Dropout",
@@ -37,10 +37,10 @@ def _save(fig, path: Path) -> None:
 
 
 def entropy_cdf(entropies: dict[str, dict[str, np.ndarray]], path: Path, num_classes: int = 10) -> None:
-    """Empirical CDF of predictive entropy on each OOD set (EDL paper, Fig. 3): lower-right is better."""
+    """Empirical CDF of predictive entropy per set (EDL paper, Fig. 3): on OOD sets lower-right is better."""
     plt = _pyplot()
     sets = list(next(iter(entropies.values())))
-    fig, axes = plt.subplots(1, len(sets), figsize=(4.6 * len(sets), 3.8), squeeze=False)
+    fig, axes = plt.subplots(1, len(sets), figsize=(4.2 * len(sets), 3.8), squeeze=False)
     for ax, name in zip(axes[0], sets):
         for method, per_set in entropies.items():
             values = np.sort(np.asarray(per_set[name]))
@@ -51,9 +51,9 @@ def entropy_cdf(entropies: dict[str, dict[str, np.ndarray]], path: Path, num_cla
         ax.set_xlabel("predictive entropy (nats)")
         ax.set_title(OOD_TITLES.get(name, name))
         ax.grid(alpha=0.3)
-    axes[0][0].set_ylabel("fraction of OOD images")
+    axes[0][0].set_ylabel("fraction of images")
     axes[0][-1].legend(fontsize=8, loc="upper left")
-    fig.suptitle("Entropy on out-of-distribution data (curves further right = more honest uncertainty)")
+    fig.suptitle("Empirical CDF of predictive entropy: on MNIST left is better, on the OOD sets right is better", y=1.02)
     _save(fig, path)
     plt.close(fig)
 
