@@ -45,3 +45,13 @@ def test_quick_simulation_end_to_end(offline_sources, tmp_path):
     assert payload["curves"]["random"][0]["accuracy"][0] == payload["curves"]["bald"][0]["accuracy"][0]
     assert (tmp_path / "learning_curves.png").stat().st_size > 10_000
     assert "| bald | 40 |" in (tmp_path / "summary.md").read_text()
+
+
+def test_mean_kl_to_the_mean_committee_equals_bald():
+    # 1/M sum_m KL(p_m || p_mean) = H[p_mean] - 1/M sum_m H[p_m]: QBC's mean KL ranks the pool exactly like BALD
+    import torch
+
+    from clearmamba.active import acquisition_scores
+
+    members = torch.softmax(torch.randn(7, 50, 10, generator=torch.Generator().manual_seed(0)) * 3, -1)
+    torch.testing.assert_close(acquisition_scores("mean_kl", members), acquisition_scores("bald", members))

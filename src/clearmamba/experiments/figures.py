@@ -122,11 +122,17 @@ def learning_curves(curves: dict[str, list[dict]], path: Path, title: str) -> No
     """Accuracy against labels, one line per acquisition (mean over seeds) with a min-max band."""
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(7.5, 4.8))
-    for name, runs in curves.items():
+    styles, markers = ["-", "--", "-.", ":"], "os^vD<>"
+    drawn: dict[str, np.ndarray] = {}
+    for i, (name, runs) in enumerate(curves.items()):
         labels = np.asarray(runs[0]["labels"])
         acc = np.asarray([r["accuracy"] for r in runs]) * 100
         mean = acc.mean(0)
-        (line,) = ax.plot(labels, mean, marker="o", ms=3, label=f"{name} ({len(runs)} seeds)")
+        # arms that picked the same images (e.g. mean KL and BALD, equal by identity) would hide each other
+        same = [other for other, m in drawn.items() if m.shape == acc.shape and np.allclose(m, acc)]
+        label = f"{name} ({len(runs)} seeds)" + (f" = {', '.join(same)}" if same else "")
+        drawn[name] = acc
+        (line,) = ax.plot(labels, mean, linestyle=styles[i % 4], marker=markers[i % 7], ms=4, label=label)
         if len(runs) > 1:
             ax.fill_between(labels, acc.min(0), acc.max(0), color=line.get_color(), alpha=0.15)
     ax.set_xlabel("labelled examples")
