@@ -8,7 +8,12 @@ from pathlib import Path
 
 import numpy as np
 
-OOD_TITLES = {"mnist_test": "MNIST test (in-distribution)", "fashion": "Fashion-MNIST", "animal": "Animal-MNIST", "letters": "letters A-J (semi-synthetic)"}
+OOD_TITLES = {
+    "mnist_test": "MNIST test (in-distribution)",
+    "fashion": "Fashion-MNIST",
+    "animal": "Animal-MNIST",
+    "letters": "letters A-J (semi-synthetic)",
+}
 METHOD_TITLES = {
     "softmax": "softmax",
     "mc_dropout": "MC Dropout",
@@ -53,7 +58,7 @@ def entropy_cdf(entropies: dict[str, dict[str, np.ndarray]], path: Path, num_cla
         ax.grid(alpha=0.3)
     axes[0][0].set_ylabel("fraction of images")
     axes[0][-1].legend(fontsize=8, loc="upper left")
-    fig.suptitle("Empirical CDF of predictive entropy: on MNIST left is better, on the OOD sets right is better", y=1.02)
+    fig.suptitle("Empirical CDF of predictive entropy: on MNIST left is better, on OOD sets right is better", y=1.02)
     _save(fig, path)
     plt.close(fig)
 
