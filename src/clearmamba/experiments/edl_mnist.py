@@ -22,7 +22,13 @@ from clearmamba.evaluation import ood_metrics_by_set, spearman, summarize
 from clearmamba.experiments.lenet import lenet
 from clearmamba.experiments.rotation import rotation_series
 from clearmamba.experiments.training import MNIST_MEAN, MNIST_STD, TrainConfig, predict, to_tensor, train
-from clearmamba.uncertainty import EvidentialLoss, PiecewiseLinear, Prediction, SoftmaxCrossEntropy
+from clearmamba.uncertainty import (
+    EvidentialLoss,
+    PiecewiseLinear,
+    Prediction,
+    SoftmaxCrossEntropy,
+    get_evidence_fn,
+)
 
 EDL_LOSSES = ("mll", "ce", "sse")
 OOD_SETS = ("fashion", "animal", "letters")
@@ -60,8 +66,22 @@ class EDLMnistConfig:
     def train_config(self, seed: int) -> TrainConfig:
         return TrainConfig(self.epochs, self.batch_size, self.lr, self.weight_decay, self.decoupled_weight_decay, seed)
 
+    def __post_init__(self) -> None:
+        if self.ensemble_size < 1 or self.mc_samples < 2:
+            raise ValueError(f"ensemble_size must be >= 1 and mc_samples >= 2, got {self.ensemble_size}, "
+                             f"{self.mc_samples}")
+        unknown = [s for s in self.ood_sets if s not in OOD_SETS]
+        if unknown:
+            raise ValueError(f"unknown OOD set(s) {unknown}; expected some of {OOD_SETS}")
+        bad = [loss for loss in self.losses if loss not in EDL_LOSSES]
+        if bad:
+            raise ValueError(f"unknown EDL loss(es) {bad}; expected some of {EDL_LOSSES}")
+        get_evidence_fn(self.evidence)  # clear error for an unknown activation
+
     def methods(self) -> list[str]:
-        return ["softmax", "mc_dropout", "ensemble", *[f"edl_{loss}" for loss in self.losses]]
+        # a one-member "ensemble" has no disagreement (mutual information 0): it is left out
+        ensemble = ["ensemble"] if self.ensemble_size > 1 else []
+        return ["softmax", "mc_dropout", *ensemble, *[f"edl_{loss}" for loss in self.losses]]
 
 
 def natural_score(method: str) -> str:
@@ -157,10 +177,10 @@ def method_models(config: EDLMnistConfig, models: dict) -> dict[str, Callable]:
         "softmax": members[0],
         # the trunk is deterministic, so only dropout + fc 10 is sampled T times
         "mc_dropout": MCDropout(members[0], num_samples=config.mc_samples, mode="head").eval(),
-        "ensemble": DeepEnsemble(members).eval(),
+        "ensemble": DeepEnsemble(members).eval() if len(members) > 1 else None,
     }
     out.update({f"edl_{loss}": models[f"edl_{loss}"] for loss in config.losses})
-    return out
+    return {name: out[name] for name in config.methods()}
 
 
 # ---- evaluation ------------------------------------------------------------------------------------------
