@@ -113,11 +113,14 @@ def simulate_arm(config: ActiveConfig, acquisition: str, seed: int, data: dict, 
     head = _head(acquisition)
     curve = {"acquisition": acquisition, "seed": seed, "labels": [], "accuracy": [], "picked_classes": []}
     for round_ in range(config.rounds + 1):
-        key = (head, seed, round_, tuple(labelled.tolist()))
-        if key not in cache:  # round 0 is the same for every arm of one head at one seed
+        key = (head, seed)
+        if round_ > 0 or key not in cache:
             model = _fit(config, head, pool_x[labelled], pool_y[labelled], seed * 1000 + round_)
-            cache[key] = (model, predict(model, test_x).predicted.eq(test_y).float().mean().item())
-        model, accuracy = cache[key]
+            accuracy = predict(model, test_x).predicted.eq(test_y).float().mean().item()
+            if round_ == 0:  # round 0 is the same for every arm of one head at one seed: train it once
+                cache[key] = (model, accuracy)
+        else:
+            model, accuracy = cache[key]
         curve["labels"].append(len(labelled))
         curve["accuracy"].append(accuracy)
         if round_ < config.rounds:
