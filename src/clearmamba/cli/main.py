@@ -6,6 +6,8 @@ from __future__ import annotations
 import typer
 
 from clearmamba import __version__
+from clearmamba.cli.data import data_app
+from clearmamba.cli.engine import app as engine_app
 
 app = typer.Typer(
     name="clearmamba",
@@ -27,6 +29,8 @@ def demo() -> None:
     typer.echo("demo arrives with the CLEAR-Mamba issue")
 
 
+app.add_typer(data_app, name="data")
+app.add_typer(engine_app, name="engine")
 app.add_typer(__import__("clearmamba.cli.experiment", fromlist=["_"]).experiment_app, name="experiment")
 app.add_typer(__import__("clearmamba.cli.experiment", fromlist=["_"]).active_app, name="active")
 

@@ -55,7 +55,7 @@ class TemperatureScaler(nn.Module):
 
     @property
     def temperature(self) -> float:
-        return float(self.log_temperature.exp())
+        return float(self.log_temperature.detach().exp())
 
     def fit(self, prediction, labels: Tensor, max_iter: int = 200) -> TemperatureScaler:
         prediction = as_prediction(prediction).detach()

@@ -46,21 +46,24 @@ class _DropoutSwitch(TorchFunctionMode):
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = dict(kwargs or {})
+        if func in _FUNCTIONAL_DROPOUT or func in _BUILTIN_DROPOUT:
+            p = kwargs.get("p", args[1] if len(args) > 1 else 0.5)
+            self.calls += int(p > 0)  # a zero-rate dropout (timm/MedMamba default) samples nothing
         if func in _FUNCTIONAL_DROPOUT:
-            self.calls += 1
             if len(args) > 2:  # (input, p, training, ...) passed positionally
                 args = (*args[:2], self.active, *args[3:])
             else:
                 kwargs["training"] = self.active
         elif func in _BUILTIN_DROPOUT:
-            self.calls += 1
             args = (*args[:2], self.active, *args[3:])
         return func(*args, **kwargs)
 
 
 def dropout_modules(model: nn.Module) -> dict[str, nn.Module]:
-    """Name -> module for every dropout module (``nn.Dropout``, ``Dropout2d``, ``AlphaDropout``, ...)."""
-    return {name: m for name, m in model.named_modules() if isinstance(m, nn.modules.dropout._DropoutNd)}
+    """Name -> module for every dropout module with a rate p > 0 (``nn.Dropout``, ``Dropout2d``, ...)."""
+    return {
+        name: m for name, m in model.named_modules() if isinstance(m, nn.modules.dropout._DropoutNd) and m.p > 0
+    }
 
 
 def add_head_dropout(model: nn.Module, p: float = 0.2) -> nn.Module:

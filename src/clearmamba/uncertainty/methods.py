@@ -50,7 +50,7 @@ from clearmamba.uncertainty.mc_dropout import MCDropout, add_head_dropout, dropo
 from clearmamba.uncertainty.outputs import as_prediction
 from clearmamba.uncertainty.prediction import Prediction
 from clearmamba.uncertainty.schedules import EpochLinear
-from clearmamba.uncertainty.swag import SWAG
+from clearmamba.uncertainty.swag import SWAG, refresh_batchnorm
 from clearmamba.uncertainty.variational import ELBOLoss, VariationalClassifier, to_variational
 
 
@@ -231,6 +231,13 @@ class CALMethod(Method):
         if num_classes is None:
             raise ValueError("cal: prepare() needs num_classes for the counterfactual attention head")
         return CALClassifier(model, num_classes, num_attentions=self.num_attentions, spatial_dims=self.spatial_dims)
+
+    def finalize(self, model, train_loader=None):
+        # the attention maps go through BN + ReLU and the pooled features are scaled by 100, so running
+        # statistics that lag the weights (short runs) flip predictions; recompute them exactly once
+        if train_loader is not None:
+            refresh_batchnorm(model, train_loader)
+        return model
 
 
 METHODS: dict[str, type[Method]] = {

@@ -46,7 +46,7 @@ def refresh_batchnorm(model: nn.Module, loader: Iterable, device=None) -> None:
     norms = [m for m in model.modules() if isinstance(m, _BATCHNORM)]
     if not norms:
         return
-    states = [(m, m.training, m.momentum) for m in model.modules()]
+    states = [(m, m.training, getattr(m, "momentum", None)) for m in model.modules()]
     model.eval()
     for m in norms:
         m.reset_running_stats()

@@ -6,7 +6,8 @@ p(w) = N(0, sigma_p^2) and the KL term has the closed form
 
     KL(q || p) = sum log(sigma_p / sigma) + (sigma^2 + mu^2) / (2 sigma_p^2) - 1/2.
 
-ELBO loss per batch: CE + kl_weight * KL / N with N the number of training samples.
+ELBO loss per batch: CE + kl_weight * KL / N with N the number of training samples. The posterior starts
+at sigma = 0.05 (rho ~ -3, as in bayesian-torch); ``kl_weight < 1`` tempers the prior on small data sets.
 """
 
 from __future__ import annotations
@@ -65,7 +66,7 @@ class _Variational(nn.Module):
 
 class BayesLinear(_Variational):
     def __init__(
-        self, in_features: int, out_features: int, bias: bool = True, prior_sigma: float = 1.0, init_sigma: float = 1e-3
+        self, in_features: int, out_features: int, bias: bool = True, prior_sigma: float = 1.0, init_sigma: float = 0.05
     ) -> None:
         super().__init__()
         reference = nn.Linear(in_features, out_features, bias=bias)
@@ -73,7 +74,7 @@ class BayesLinear(_Variational):
         self._init_variational(reference.weight, reference.bias, prior_sigma, init_sigma)
 
     @classmethod
-    def from_linear(cls, linear: nn.Linear, prior_sigma: float = 1.0, init_sigma: float = 1e-3) -> BayesLinear:
+    def from_linear(cls, linear: nn.Linear, prior_sigma: float = 1.0, init_sigma: float = 0.05) -> BayesLinear:
         layer = cls(linear.in_features, linear.out_features, linear.bias is not None, prior_sigma, init_sigma)
         layer._init_variational(linear.weight, linear.bias, prior_sigma, init_sigma)
         return layer.to(linear.weight.device)
@@ -85,7 +86,7 @@ class BayesLinear(_Variational):
 class BayesConv(_Variational):
     """Variational 1D/2D/3D convolution built from an existing ``nn.ConvNd`` (its weights become the means)."""
 
-    def __init__(self, conv: nn.modules.conv._ConvNd, prior_sigma: float = 1.0, init_sigma: float = 1e-3) -> None:
+    def __init__(self, conv: nn.modules.conv._ConvNd, prior_sigma: float = 1.0, init_sigma: float = 0.05) -> None:
         super().__init__()
         if conv.padding_mode != "zeros" or isinstance(conv, nn.modules.conv._ConvTransposeNd):
             raise ValueError("BayesConv supports zero-padded forward convolutions only")
@@ -99,7 +100,7 @@ class BayesConv(_Variational):
 
 
 def to_variational(
-    model: nn.Module, scope: str = "head", prior_sigma: float = 1.0, init_sigma: float = 1e-3
+    model: nn.Module, scope: str = "head", prior_sigma: float = 1.0, init_sigma: float = 0.05
 ) -> nn.Module:
     """Replace layers by variational ones in place: ``head`` = the last ``nn.Linear``; ``all`` = every Linear/Conv.
 
