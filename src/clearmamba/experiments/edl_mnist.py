@@ -98,12 +98,12 @@ def _subset(images: np.ndarray, labels: np.ndarray, size: int | None, seed: int)
 
 def load_ood_set(name: str, letters_per_class: int = 1000, seed: int = 0) -> np.ndarray:
     """uint8 images of one OOD set; a missing source raises MissingSourceError with the install command."""
-    from clearmamba.data.mnist_sources import load_animal_mnist, load_fashion_mnist
+    from clearmamba.experiments.sources import load_source
 
     if name == "fashion":
-        return load_fashion_mnist("test")[0]
+        return load_source("fashion", "test")[0]
     if name == "animal":
-        return load_animal_mnist()[0]
+        return load_source("animal")[0]
     if name == "letters":
         from clearmamba.experiments.letters import render_letters
 
@@ -112,10 +112,12 @@ def load_ood_set(name: str, letters_per_class: int = 1000, seed: int = 0) -> np.
 
 
 def load_data(config: EDLMnistConfig) -> dict:
-    from clearmamba.data.mnist_sources import load_mnist
+    from clearmamba.experiments.sources import load_source, require
 
-    train_x, train_y = _subset(*load_mnist("train"), config.train_size, config.seed)
-    test_x, test_y = _subset(*load_mnist("test"), config.test_size, config.seed + 1)
+    for name in ("mnist", *[s for s in config.ood_sets if s != "letters"]):
+        require(name)  # fail before any work when a source is missing
+    train_x, train_y = _subset(*load_source("mnist", "train"), config.train_size, config.seed)
+    test_x, test_y = _subset(*load_source("mnist", "test"), config.test_size, config.seed + 1)
     ood = {}
     for i, name in enumerate(config.ood_sets):
         images = load_ood_set(name, config.letters_per_class, config.seed)
