@@ -9,6 +9,7 @@ from clearmamba import __version__
 from clearmamba.cli import train as train_cli
 from clearmamba.cli.data import data_app
 from clearmamba.cli.engine import app as engine_app
+from clearmamba.cli.experiment import active_app, experiment_app
 
 app = typer.Typer(
     name="clearmamba",
@@ -29,6 +30,8 @@ train_cli.register(app)  # train, evaluate, predict, demo
 
 app.add_typer(data_app, name="data")
 app.add_typer(engine_app, name="engine")
+app.add_typer(experiment_app, name="experiment")
+app.add_typer(active_app, name="active")
 
 
 def main() -> None:
