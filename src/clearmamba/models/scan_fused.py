@@ -12,6 +12,7 @@ build. ``CLEARMAMBA_DISABLE_FUSED=1`` turns it off; when it is off or cannot be 
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 import shutil
@@ -64,9 +65,17 @@ def _isa_level() -> str:
     return level if level in _ISA_FLAGS else "default"
 
 
+def _source_tag() -> str:
+    # the kernel source and torch version name the build, so checkouts of different versions never
+    # overwrite (or wrongly reuse) each other's cached library
+    digest = hashlib.sha256(_SOURCE.read_bytes() if _SOURCE.is_file() else b"")
+    digest.update(torch.__version__.encode())
+    return digest.hexdigest()[:10]
+
+
 def build_directory() -> Path:
-    """Where the kernel is built and cached for this machine's SIMD level."""
-    return _cache_dir() / f"clearmamba_scan_{_isa_level()}"
+    """Where the kernel is built and cached for this machine's SIMD level and this kernel source."""
+    return _cache_dir() / f"clearmamba_scan_{_isa_level()}_{_source_tag()}"
 
 
 def _disabled_by_env() -> bool:
