@@ -6,6 +6,7 @@ from __future__ import annotations
 import typer
 
 from clearmamba import __version__
+from clearmamba.cli import train as train_cli
 from clearmamba.cli.data import data_app
 from clearmamba.cli.engine import app as engine_app
 
@@ -23,10 +24,7 @@ def version() -> None:
     typer.echo(__version__)
 
 
-@app.command()
-def demo() -> None:
-    """Generate the built-in data, train CLEAR-Mamba and a softmax baseline, write the trust report."""
-    typer.echo("demo arrives with the CLEAR-Mamba issue")
+train_cli.register(app)  # train, evaluate, predict, demo
 
 
 app.add_typer(data_app, name="data")
