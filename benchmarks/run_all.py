@@ -1,10 +1,10 @@
 """``make bench``: every benchmark, side by side, then docs/benchmarks.md regenerated from the JSON.
 
-Default (about 5-10 minutes on 2 shared cores): model throughput, cost of uncertainty, the stages of
-``clearmamba demo --quick`` and the scan benchmark in quick mode (fused vs compiled vs eager on a demo
-and a MedMamba-T shape at 1 thread); ``--full`` adds the full scan benchmarks (``benchmarks.scan``,
-``benchmarks.scan_fused``: tens of minutes, torch.compile per shape) and the default demo. Sections
-whose benchmark did not run are rendered from their saved JSON.
+Default (about 5 minutes on 2 shared cores): model throughput, cost of uncertainty, the stages of
+``clearmamba demo --quick`` (3 runs) and of the default demo (1 run, ~2-3 min), and the scan benchmark
+in quick mode (fused vs compiled vs eager on a demo and a MedMamba-T shape at 1 thread); ``--full``
+adds the full scan benchmarks (``benchmarks.scan``, ``benchmarks.scan_fused``: tens of minutes,
+torch.compile per shape). Sections whose benchmark did not run are rendered from their saved JSON.
 
     python -m benchmarks.run_all [--full] [--repeats 9] [--threads 1]
 """
@@ -89,7 +89,7 @@ def write_doc(text: str) -> None:
 
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--full", action="store_true", help="also the full scan benchmarks and the default demo")
+    parser.add_argument("--full", action="store_true", help="also the full scan benchmarks (tens of minutes)")
     parser.add_argument("--repeats", type=int, default=9)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--render-only", action="store_true", help="rewrite docs/benchmarks.md from saved JSON")
@@ -109,8 +109,8 @@ def main(argv=None) -> None:
     if not args.full:  # quick scan: fused vs compiled vs eager on two shapes at 1 thread (~4 min of compiles)
         steps.append(("benchmarks.scan_fused " + " ".join(QUICK_SCAN), lambda: run_module("benchmarks.scan_fused",
                                                                                          QUICK_SCAN)))  # fmt: skip
+    steps.append(("demo stages (default demo, as make demo)", lambda: demo_stages.run(args.threads, full=True, runs=1)))
     if args.full:
-        steps.append(("demo stages (default demo)", lambda: demo_stages.run(args.threads, full=True, runs=1)))
         for module, extra in (("benchmarks.scan", []), ("benchmarks.scan_fused", []),
                               ("benchmarks.scan_fused", QUICK_SCAN)):  # fmt: skip
             steps.append((f"{module} {' '.join(extra)}", lambda m=module, e=extra: run_module(m, e)))
