@@ -127,27 +127,62 @@ def scan_backward(gy, delta, u, A, B, C, boundaries, chunk: int):
     return g_delta, g_u, g_A, g_B, g_C
 
 
+def member_first(t: torch.Tensor | None, dim: int | None, members: int) -> torch.Tensor | None:
+    """Move vmap's member dimension to the front; an unbatched input is shared by every member."""
+    if t is None:
+        return None
+    return t.expand(members, *t.shape) if dim is None else t.movedim(dim, 0)
+
+
+def fold_members(t: torch.Tensor | None, dim: int | None, members: int, pattern: str) -> torch.Tensor | None:
+    """Fold vmap's member dimension into the channel (or group) dimension, e.g. ``m b d l -> b (m d) l``.
+
+    Exact because scan channels are independent and channel c reads group c // (d / g): after folding,
+    member m's channels m d .. m d + d - 1 read member m's groups m g .. m g + g - 1.
+    """
+    t = member_first(t, dim, members)
+    return None if t is None else rearrange(t, pattern).contiguous()
+
+
+def needs_grad(*tensors: torch.Tensor | None) -> bool:
+    return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
+
+
 class EagerScanFn(torch.autograd.Function):
-    """Core recurrence y = scan(Δ, u, A, B, C) with Δ already positive; tensors in the caller's layout."""
+    """Core recurrence y = scan(Δ, u, A, B, C) with Δ already positive; tensors in the caller's layout.
+
+    Returns ``(y, boundaries)``; ``boundaries`` (states at chunk starts, for the backward) is empty
+    unless ``need_grad``. The ``setup_context`` form plus :meth:`vmap` let ``torch.func.vmap`` run it
+    over stacked ensemble members by folding the member axis into the channels.
+    """
 
     @staticmethod
-    def forward(ctx, u, delta, A, B, C, chunk):
+    def forward(u, delta, A, B, C, chunk, need_grad):
         g = B.shape[1]
         u_s, delta_s = to_state_major(u, g), to_state_major(delta, g)
         A_s = rearrange(A, "(g e) n -> g n e", g=g).contiguous()
         B_s = rearrange(B, "b g n l -> l b g n").contiguous()
         C_s = rearrange(C, "b g n l -> l b g n").contiguous()
-        need_grad = any(ctx.needs_input_grad[:5])
         y, boundaries = scan_forward(delta_s, delta_s * u_s, A_s, B_s, C_s, chunk, need_grad)
-        if need_grad:
-            ctx.save_for_backward(u_s, delta_s, A_s, B_s, C_s, boundaries)
-            ctx.chunk = chunk
-        return from_state_major(y)
+        return from_state_major(y), (boundaries if need_grad else y.new_empty(0))
 
     @staticmethod
-    def backward(ctx, gy):
-        u_s, delta_s, A_s, B_s, C_s, boundaries = ctx.saved_tensors
-        g = B_s.shape[2]
+    def setup_context(ctx, inputs, output):
+        u, delta, A, B, C, chunk, need_grad = inputs
+        ctx.mark_non_differentiable(output[1])
+        ctx.chunk = chunk
+        if need_grad:
+            ctx.save_for_backward(u, delta, A, B, C, output[1])
+
+    @staticmethod
+    def backward(ctx, gy, _g_boundaries):
+        u, delta, A, B, C, boundaries = ctx.saved_tensors
+        g = B.shape[1]
+        delta_s = to_state_major(delta, g)
+        u_s = to_state_major(u, g)
+        A_s = rearrange(A, "(g e) n -> g n e", g=g).contiguous()
+        B_s = rearrange(B, "b g n l -> l b g n").contiguous()
+        C_s = rearrange(C, "b g n l -> l b g n").contiguous()
         gy_s = to_state_major(gy.to(delta_s.dtype), g)
         g_delta, g_u, g_A, g_B, g_C = scan_backward(gy_s, delta_s, u_s, A_s, B_s, C_s, boundaries, ctx.chunk)
         return (
@@ -157,7 +192,24 @@ class EagerScanFn(torch.autograd.Function):
             rearrange(g_B, "l b g n -> b g n l"),
             rearrange(g_C, "l b g n -> b g n l"),
             None,
+            None,
         )
+
+    @staticmethod
+    def vmap(info, in_dims, u, delta, A, B, C, chunk, need_grad):
+        m = info.batch_size
+        u_dim, delta_dim, A_dim, B_dim, C_dim = in_dims[:5]
+        y, boundaries = EagerScanFn.apply(
+            fold_members(u, u_dim, m, "m b d l -> b (m d) l"),
+            fold_members(delta, delta_dim, m, "m b d l -> b (m d) l"),
+            fold_members(A, A_dim, m, "m d n -> (m d) n"),
+            fold_members(B, B_dim, m, "m b g n l -> b (m g) n l"),
+            fold_members(C, C_dim, m, "m b g n l -> b (m g) n l"),
+            chunk,
+            need_grad,
+        )
+        # the boundaries are internal to the folded call (its backward uses them), so shared, not batched
+        return (rearrange(y, "b (m d) l -> m b d l", m=m), boundaries), (0, None)
 
 
 def selective_scan_eager(
@@ -168,7 +220,7 @@ def selective_scan_eager(
         chunk = auto_chunk(u.shape[0], u.shape[1], A.shape[1], torch.finfo(compute_dtype(u)).bits // 8)
 
     def core(u, delta, A, B, C):
-        return EagerScanFn.apply(u, delta, A, B, C, chunk)
+        return EagerScanFn.apply(u, delta, A, B, C, chunk, needs_grad(u, delta, A, B, C))[0]
 
     return scan_with_extras(core, u, delta, A, B, C, D, z, delta_bias, delta_softplus)
 

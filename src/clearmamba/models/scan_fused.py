@@ -22,8 +22,10 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
+from einops import rearrange
 
 from . import selective_scan as _dispatch
+from .scan_eager import needs_grad
 from .selective_scan import register_scan_impl
 
 __all__ = [
@@ -149,28 +151,43 @@ def notify_fallback(fallback: str = "eager") -> None:
         )
 
 
+def _step(delta, delta_bias, delta_softplus: bool):
+    """(pre, Δ): pre = delta + bias, Δ = softplus(pre) or pre."""
+    pre = delta if delta_bias is None else delta + delta_bias[:, None]
+    return pre, (F.softplus(pre) if delta_softplus else pre)
+
+
 class _FusedScan(torch.autograd.Function):
-    """out = scan(u, softplus?(delta + bias), A, B, C) + D u, gated by silu(z); see the .cpp header."""
+    """out = scan(u, softplus?(delta + bias), A, B, C) + D u, gated by silu(z); see the .cpp header.
+
+    Returns ``(out, ckpt)``; ``ckpt`` (chunk checkpoints for the backward) is empty unless
+    ``needs_grad``. The ``setup_context`` form plus :meth:`vmap` let ``torch.func.vmap`` run it over
+    stacked ensemble members by folding the member axis into the channels.
+    """
 
     @staticmethod
-    def forward(ctx, u, delta, A, B, C, D, z, delta_bias, delta_softplus: bool):
+    def forward(u, delta, A, B, C, D, z, delta_bias, delta_softplus: bool, needs_grad: bool):
         ext = load_extension()
-        pre = delta if delta_bias is None else delta + delta_bias[:, None]
-        dt = F.softplus(pre) if delta_softplus else pre
-        needs_grad = any(ctx.needs_input_grad[:8])
+        _, dt = _step(delta, delta_bias, delta_softplus)
         out, ckpt = ext.forward(u, dt.contiguous(), A, B, C, D, z, needs_grad)
+        return out, (ckpt if needs_grad else out.new_empty(0))
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        u, delta, A, B, C, D, z, delta_bias, delta_softplus, needs_grad = inputs
+        ctx.mark_non_differentiable(output[1])
+        ctx.delta_softplus = delta_softplus
+        ctx.has_bias = delta_bias is not None
         if needs_grad:
-            ctx.save_for_backward(u, dt, pre, A, B, C, D, z, ckpt)
-            ctx.delta_softplus = delta_softplus
-            ctx.has_bias = delta_bias is not None
-        return out
+            ctx.save_for_backward(u, delta, delta_bias, A, B, C, D, z, output[1])
 
     @staticmethod
     @torch.autograd.function.once_differentiable
-    def backward(ctx, grad_out):
-        u, dt, pre, A, B, C, D, z, ckpt = ctx.saved_tensors
+    def backward(ctx, grad_out, _g_ckpt):
+        u, delta, delta_bias, A, B, C, D, z, ckpt = ctx.saved_tensors
+        pre, dt = _step(delta, delta_bias, ctx.delta_softplus)  # recomputed: cheap [b, d, l] passes
         ext = load_extension()
-        gu, gdt, gA, gB, gC, gD, gz = ext.backward(u, dt, A, B, C, D, z, ckpt, grad_out.contiguous())
+        gu, gdt, gA, gB, gC, gD, gz = ext.backward(u, dt.contiguous(), A, B, C, D, z, ckpt, grad_out.contiguous())
         b, g, n, length = B.shape
         # (b, blocks, l, n) partial sums -> (b, g, n, l)
         gB = gB.view(b, g, -1, length, n).sum(2).transpose(-1, -2)
@@ -187,7 +204,29 @@ class _FusedScan(torch.autograd.Function):
             gz if z is not None else None,
             gbias,
             None,
+            None,
         )
+
+    @staticmethod
+    def vmap(info, in_dims, u, delta, A, B, C, D, z, delta_bias, delta_softplus, needs_grad):
+        from .scan_eager import fold_members
+
+        m = info.batch_size
+        per_channel = "m b d l -> b (m d) l"
+        out, ckpt = _FusedScan.apply(
+            fold_members(u, in_dims[0], m, per_channel),
+            fold_members(delta, in_dims[1], m, per_channel),
+            fold_members(A, in_dims[2], m, "m d n -> (m d) n"),
+            fold_members(B, in_dims[3], m, "m b g n l -> b (m g) n l"),
+            fold_members(C, in_dims[4], m, "m b g n l -> b (m g) n l"),
+            fold_members(D, in_dims[5], m, "m d -> (m d)"),
+            fold_members(z, in_dims[6], m, per_channel),
+            fold_members(delta_bias, in_dims[7], m, "m d -> (m d)"),
+            delta_softplus,
+            needs_grad,
+        )
+        # the checkpoints are internal to the folded call (its backward uses them): shared, not batched
+        return (rearrange(out, "b (m d) l -> m b d l", m=m), ckpt), (0, None)
 
 
 def fused_selective_scan(
@@ -230,9 +269,8 @@ def fused_selective_scan(
 
     B4 = B.unsqueeze(1) if B.dim() == 3 else B
     C4 = C.unsqueeze(1) if C.dim() == 3 else C
-    out = _FusedScan.apply(
-        prep(u), prep(delta), prep(A), prep(B4), prep(C4), prep(D), prep(z), prep(delta_bias), delta_softplus
-    )
+    args = [prep(t) for t in (u, delta, A, B4, C4, D, z, delta_bias)]
+    out, _ = _FusedScan.apply(*args, delta_softplus, needs_grad(*args))
     return out.to(out_dtype)
 
 
