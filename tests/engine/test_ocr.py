@@ -16,7 +16,7 @@ def _labelled_frame() -> np.ndarray:
     return _draw_text(img, (4, 192 + 28), ("右眼 " if cjk_font_path() else "") + "OD 8:43")
 
 
-def _check(boxes: list[OcrBox], h: int):
+def assert_reads_labels(boxes: list[OcrBox], h: int):
     top = [b for b in boxes if "3432265651" in b.text.replace(" ", "")]
     assert top and top[0].rect[3] < 30  # found, and its box lies in the top strip
     bottom = [b for b in boxes if b.rect[1] > h - 40]
@@ -26,7 +26,7 @@ def _check(boxes: list[OcrBox], h: int):
 
 def test_rapidocr_reads_burned_in_labels():
     img = _labelled_frame()
-    _check(get_ocr()(img), img.shape[0])
+    assert_reads_labels(get_ocr()(img), img.shape[0])
 
 
 @pytest.mark.skipif(
@@ -35,4 +35,4 @@ def test_rapidocr_reads_burned_in_labels():
 )
 def test_tesseract_fallback_reads_the_same_labels():
     img = _labelled_frame()
-    _check(TesseractEngine()(img), img.shape[0])
+    assert_reads_labels(TesseractEngine()(img), img.shape[0])

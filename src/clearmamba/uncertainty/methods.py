@@ -36,6 +36,7 @@ Rules the loop can rely on:
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from collections.abc import Iterable, Sequence
 
 import torch
@@ -75,14 +76,17 @@ class PredictionAdapter(nn.Module):
         return prediction
 
 
-class Method:
-    """Defaults shared by all methods: one member, no epoch hook, nothing to finalise."""
+class Method(ABC):
+    """Defaults shared by all methods: one member, no epoch hook, nothing to finalise.
+
+    Each method must say how it wraps the model (``prepare``); everything else has a default."""
 
     name = "base"
     num_members = 1
 
+    @abstractmethod
     def prepare(self, model: nn.Module, num_classes: int | None = None, dataset_size: int | None = None) -> nn.Module:
-        raise NotImplementedError
+        """Wrap or convert ``model`` before training."""
 
     def loss(self, output, target: Tensor, epoch: float | None = None) -> Tensor:
         return self.criterion(output, target, epoch)
