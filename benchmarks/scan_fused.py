@@ -16,7 +16,6 @@ import argparse
 import json
 import math
 import os
-import platform
 import statistics
 import sys
 import time
@@ -24,6 +23,7 @@ from pathlib import Path
 
 import torch
 
+from benchmarks.common import machine as common_machine
 from clearmamba.models import scan_fused, selective_scan
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -95,24 +95,9 @@ def reference_plan(name, backward, quick):
 
 
 def machine():
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return {
-        "cpu": cpu,
-        "logical_cpus": os.cpu_count(),
-        "torch_threads": torch.get_num_threads(),
-        "torch": torch.__version__,
-        "python": platform.python_version(),
-        "simd": torch.backends.cpu.get_cpu_capability(),
-        # the machine is shared: other jobs' load inflates OpenMP-heavy paths (compiled, eager) most
-        "load_average_1min": os.getloadavg()[0] if hasattr(os, "getloadavg") else None,
-    }
+    # the common description plus the SIMD level the fused kernel is built for; the machine is shared, and
+    # other jobs' load inflates OpenMP-heavy paths (compiled, eager) most
+    return {**common_machine(), "simd": torch.backends.cpu.get_cpu_capability()}
 
 
 def outputs_for(threads):
