@@ -52,36 +52,39 @@ def test_padding_in_the_middle_of_an_exam_is_skipped_by_the_temporal_mamba():
         torch.testing.assert_close(model(holey, holey_times, holey_mask).probs, model(frames, times).probs)
 
 
-def reference_temporal_sequence(block: TemporalMamba, tokens, times, mask):
-    """A second implementation: the Mamba recurrence written as a loop over frames, padding skipped."""
-    x = tokens + block.time_embedding(times)
+def reference_temporal_exam(block: TemporalMamba, tokens, times):
+    """A second implementation for one exam of real frames only: the conv and the Mamba recurrence as loops."""
+    x = tokens + block.time_embedding(times)  # t d
     u, z = block.in_proj(block.norm(x)).chunk(2, -1)
+    weight, k = block.conv1d.weight[:, 0], block.conv1d.weight.shape[-1]  # e k
+    # frame i reads frames i - k + 1 .. i (zeros before the first)
+    u = torch.stack([block.conv1d.bias + sum(weight[:, j] * u[i - k + 1 + j] for j in range(k) if i - k + 1 + j >= 0)
+                     for i in range(len(u))])  # fmt: skip
     u = F.silu(u)
     dt, B, C = block.x_proj(u).split([block.dt_rank, block.d_state, block.d_state], -1)
     delta = F.softplus(block.dt_proj(dt))
     A = -torch.exp(block.A_log)  # e n
-    b, t, e = u.shape
-    state = torch.zeros(b, e, block.d_state)
+    state = torch.zeros(u.shape[1], block.d_state)
     ys = []
-    for i in range(t):
-        step = torch.exp(delta[:, i, :, None] * A) * state + delta[:, i, :, None] * B[:, i, None, :] * u[:, i, :, None]
-        state = torch.where(mask[:, i, None, None], step, state)
-        y = (state * C[:, i, None, :]).sum(-1) + block.D * u[:, i]
-        ys.append(y * F.silu(z[:, i]))
-    return x + block.out_proj(torch.stack(ys, 1))
+    for i in range(len(u)):
+        state = torch.exp(delta[i, :, None] * A) * state + delta[i, :, None] * B[i, None, :] * u[i, :, None]
+        ys.append(((state * C[i, None, :]).sum(-1) + block.D * u[i]) * F.silu(z[i]))
+    return x + block.out_proj(torch.stack(ys))
 
 
-def test_temporal_mamba_matches_a_loop_over_frames():
+def test_temporal_mamba_matches_a_loop_over_the_real_frames_of_each_exam():
     torch.manual_seed(4)
     block = TemporalMamba(16, d_state=4)
+    with torch.no_grad():  # a non-zero conv bias and wider steps, so that every term of the reference matters
+        block.conv1d.bias.normal_()
+        block.dt_proj.bias.add_(2.0)
     tokens = torch.randn(3, 6, 16)
     times = torch.rand(3, 6) * 300
     mask = torch.tensor([[1, 1, 1, 1, 1, 1], [1, 1, 1, 0, 0, 0], [1, 0, 1, 1, 0, 1]], dtype=torch.bool)
     with torch.no_grad():
-        got = block.sequence(tokens, times, mask)
-        want = reference_temporal_sequence(block, tokens, times, mask)
-        torch.testing.assert_close(got[mask], want[mask], rtol=1e-5, atol=1e-5)
-        torch.testing.assert_close(block(tokens, times, mask), block.out_norm(masked_mean(want, mask)))
+        want = torch.stack([block.out_norm(reference_temporal_exam(block, tokens[i, m], times[i, m]).mean(0))
+                            for i, m in enumerate(mask)])  # fmt: skip
+        torch.testing.assert_close(block(tokens, times, mask), want, rtol=1e-5, atol=1e-5)
 
 
 def test_masked_pooling_against_python_lists():

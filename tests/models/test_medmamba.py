@@ -75,6 +75,10 @@ def test_config_validation():
         MedMambaConfig(depths=(1, 1), dims=(16, 48))
     with pytest.raises(ValueError, match="even"):
         MedMambaConfig(depths=(1,), dims=(15,))
+    with pytest.raises(ValueError, match="stem"):
+        MedMambaConfig(stem="resnet")
+    with pytest.raises(ValueError, match="power of two"):
+        MedMambaConfig(stem="conv", patch_size=3)
 
 
 def expected_grid(side: int) -> int:
@@ -98,6 +102,18 @@ def test_output_shapes_for_any_input_size(in_chans, hw):
     assert logits.shape == (2, 5)
     torch.testing.assert_close(model.forward_head(feats), logits)
     assert torch.isfinite(logits).all()
+
+
+@pytest.mark.parametrize("hw", [(28, 28), (16, 45), (33, 31)])
+def test_conv_stem_downsamples_like_the_patch_embedding(hw):
+    patch = create_model("medmamba_nano", in_chans=1).eval()
+    conv = create_model("medmamba_nano", in_chans=1, stem="conv", stem_chans=8).eval()
+    x = torch.randn(2, 1, *hw)
+    with torch.no_grad():
+        assert conv.forward_features(x).shape == patch.forward_features(x).shape
+    # the stem replaces the 4x4 patchify (16 -> 16 weights + bias) by two 3x3 conv-BN layers and a 1x1 embedding
+    stem = (9 * 1 * 8 + 2 * 8) + (9 * 8 * 8 + 2 * 8) + (8 * 16 + 16)
+    assert n_params(conv) - n_params(patch) == stem - (16 * 16 + 16)
 
 
 def test_wrong_channel_count_is_a_clear_error():

@@ -83,7 +83,7 @@ class FrameEncoder(nn.Module):
         if self.hac_stages != "all":
             features = self.backbone.forward_features(x)
             return features if self.last_hac is None else self.last_hac(features)
-        h = self.backbone.patch_embed(x)  # b h w c
+        h = self.backbone.patch_embed(self.backbone.stem(x))  # b h w c
         for layer, hac in zip(self.backbone.layers, self.stage_hac):
             h = hac(layer(h))
         return h.permute(0, 3, 1, 2)
