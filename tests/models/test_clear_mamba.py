@@ -150,3 +150,29 @@ def test_monai_baseline_behind_the_same_head():
         prediction = model(frames, times, mask)
     assert prediction.evidence is not None and prediction.probs.shape == (2, 3)
     torch.testing.assert_close(prediction.probs.sum(-1), torch.ones(2))
+
+
+def test_backbone_options_override_the_size_one_by_one():
+    model = create_model("clear_mamba_tiny", num_classes=3, backbone_kwargs={"d_state": 4})
+    backbone = model.encoder.backbone
+    assert backbone.cfg.stem == "conv" and backbone.cfg.d_state == 4
+    assert model.cfg.backbone_kwargs == {"stem": "conv", "d_state": 4}
+    plain = create_model("clear_mamba_tiny", num_classes=3, backbone_kwargs={"stem": "patch"})
+    assert plain.encoder.backbone.cfg.stem == "patch"
+
+
+def test_whole_models_vectorise_into_an_ensemble():
+    import warnings
+
+    from clearmamba.uncertainty.ensemble import DeepEnsemble
+
+    members = [tiny(head="softmax", temporal="mamba") for _ in range(2)]
+    with torch.no_grad():
+        members[1].head.fc.weight.mul_(-1.0)  # distinct members, so averaging is visible
+    ensemble = DeepEnsemble(members).eval()
+    frames, _, _ = exam_batch([3, 3], t_max=3)
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("error")  # a vmap fallback or a missing batching rule would warn
+        vectorised = ensemble.forward_vectorized(frames)
+        looped = ensemble.forward_loop(frames)
+    torch.testing.assert_close(vectorised.probs, looped.probs, rtol=1e-5, atol=1e-6)

@@ -6,8 +6,8 @@ returns a :class:`~clearmamba.uncertainty.Prediction`.
     prediction = model(frames, frame_times, mask)     # frames b t c h w (or b c h w), times/mask b t
     prediction.score("vacuity")                      # K / S, higher = more uncertain
 
-Sizes: ``tiny`` trains on 2 CPU cores in minutes (MedMamba-nano backbone, 32-64 px frames); ``t``, ``s``,
-``b`` use the published MedMamba-T/S/B backbones.
+Sizes: ``tiny`` trains on 2 CPU cores in minutes (MedMamba-nano backbone with a conv stem, 32-64 px frames);
+``t``, ``s``, ``b`` use the published MedMamba-T/S/B backbones.
 """
 
 from __future__ import annotations
@@ -143,8 +143,12 @@ class ClearMamba(nn.Module):
             rows = torch.arange(b, device=x.device)
             return self.encoder(x[rows, last])
         # only real frames go through the backbone: padding costs nothing and cannot leak in (e.g. via BN)
-        tokens = x.new_zeros((b, t, self.num_features))
-        tokens[mask] = self.encoder(x[mask])
+        # out of place (no tokens[mask] = ...), so that torch.func.vmap can batch whole models into an ensemble
+        if bool(mask.all()):
+            tokens = self.encoder(x.flatten(0, 1)).unflatten(0, (b, t))
+        else:
+            encoded = self.encoder(x[mask])
+            tokens = encoded.new_zeros((b, t, self.num_features)).masked_scatter(mask.unsqueeze(-1), encoded)
         return self.temporal(tokens, frame_times, mask)
 
     def forward(self, x: Tensor, frame_times: Tensor | None = None, mask: Tensor | None = None) -> Prediction:
@@ -152,7 +156,8 @@ class ClearMamba(nn.Module):
 
 
 SIZES: dict[str, dict] = {
-    "clear_mamba_tiny": {"backbone": "medmamba_nano"},
+    # the conv stem is what lets a backbone this small see lesions a few pixels wide (see medmamba.ConvStem)
+    "clear_mamba_tiny": {"backbone": "medmamba_nano", "backbone_kwargs": {"stem": "conv"}},
     "clear_mamba_t": {"backbone": "medmamba_t"},
     "clear_mamba_s": {"backbone": "medmamba_s"},
     "clear_mamba_b": {"backbone": "medmamba_b"},
@@ -164,7 +169,9 @@ def build_clear_model(name: str, sizes: dict[str, dict], **kwargs) -> ClearMamba
     unknown = sorted(set(kwargs) - set(fields))
     if unknown:
         raise ValueError(f"{name}: unknown option(s) {unknown}; expected some of {sorted(fields)}")
-    return ClearMamba(ClearMambaConfig(**{**sizes[name], **kwargs}))
+    # backbone options given by the caller override the size's one by one, not as a whole
+    backbone_kwargs = {**sizes[name].get("backbone_kwargs", {}), **kwargs.pop("backbone_kwargs", {})}
+    return ClearMamba(ClearMambaConfig(**{**sizes[name], **kwargs, "backbone_kwargs": backbone_kwargs}))
 
 
 @register_model
