@@ -58,7 +58,8 @@ class _FeatureModel(nn.Module):
 def test_density_aware_evidence_vanishes_far_from_the_training_features():
     features, labels = _clusters()
     model = _FeatureModel()
-    wrapped = DensityAwareEvidence(model, reference_quantile=0.05).fit(features, labels, _clusters(seed=1)[0])
+    wrapped = DensityAwareEvidence(model, reference_quantile=0.05, normalize=False)
+    wrapped.fit(features, labels, _clusters(seed=1)[0])
     far = torch.tensor([[60.0, -40.0, 50.0]])  # the head gives it huge evidence (logit 180 for class 0)
     assert model(far).evidence.max() > 100
     out = wrapped(far)
@@ -69,6 +70,19 @@ def test_density_aware_evidence_vanishes_far_from_the_training_features():
     ratio = wrapped(held_out).evidence.sum(-1) / model(held_out).evidence.sum(-1)
     assert (ratio > 0.99).float().mean() > 0.9
     assert out.score("neg_log_density").item() > wrapped(held_out).score("neg_log_density").max()
+
+
+def test_normalised_density_judges_the_direction():
+    features, labels = _clusters()
+    features = features + 6.0  # all classes in the positive octant, so directions are informative
+    model = _FeatureModel()
+    wrapped = DensityAwareEvidence(model).fit(features, labels, _clusters(seed=1)[0] + 6.0)
+    far = torch.tensor([[60.0, -40.0, -50.0]])  # a direction no training feature has; logit 180 for class 0
+    assert model(far).evidence.max() > 100
+    assert wrapped(far).evidence.sum() < 1e-6
+    typical = (_clusters(seed=2)[0] + 6.0) * 3  # same directions, 3x the norm: normalised away
+    ratio = wrapped(typical).evidence.sum(-1) / model(typical).evidence.sum(-1)
+    assert (ratio > 0.99).float().mean() > 0.9
 
 
 def test_density_needs_features_and_fit():

@@ -12,6 +12,11 @@ and the evidence becomes e' = g(f) e with g(f) = exp(min(0, (log q(f) - r) / w))
 features (log q above the reference r, a low quantile of held-out log-densities), decaying with the
 log-density below it (w = median - r of the same log-densities), so far-from-data inputs get ~0 evidence
 whatever the logits say. One forward pass plus a [d, d] product at inference.
+
+``normalize=True`` (the default of :class:`DensityAwareEvidence`) fits the Gaussian to the L2-normalised
+features f / |f|. On MNIST LeNet's 500 ReLU features this is the difference between a useless and a strong
+density: OOD AUROC of -log q 0.67 / 0.88 / 0.82 raw vs 0.99 / 0.99 / 0.89 normalised (Fashion / Animal /
+letters, docs/edl-variants.md): the feature norm mostly measures how many units fire, not where f lies.
 """
 
 from __future__ import annotations
@@ -28,11 +33,12 @@ from clearmamba.uncertainty.prediction import Prediction
 class ClassConditionalGaussian(nn.Module):
     """Gaussian per class with one shared covariance; ``fit(features, labels)`` then ``log_density(f)``."""
 
-    def __init__(self, ridge: float = 1e-4) -> None:
+    def __init__(self, ridge: float = 1e-4, normalize: bool = False) -> None:
         super().__init__()
         if ridge < 0:
             raise ValueError(f"ridge must be >= 0, got {ridge}")
         self.ridge = ridge
+        self.normalize = normalize
         self.register_buffer("means", torch.empty(0))  # c d, whitened
         self.register_buffer("whitening", torch.empty(0))  # d d, L^-T with Sigma = L L^T
         self.register_buffer("log_priors", torch.empty(0))  # c
@@ -47,7 +53,7 @@ class ClassConditionalGaussian(nn.Module):
         if features.ndim != 2 or labels.shape != (features.shape[0],):
             raise ValueError(f"features must be [n, d] and labels [n]; got {tuple(features.shape)}, "
                              f"{tuple(labels.shape)}")
-        f = features.double()
+        f = self._prepared(features)
         classes = torch.unique(labels)
         if len(classes) < 1 or classes.min() < 0:
             raise ValueError("labels must be non-negative class indices")
@@ -69,11 +75,15 @@ class ClassConditionalGaussian(nn.Module):
         self.log_normaliser = cholesky.diagonal().log().sum() + 0.5 * d * math.log(2 * math.pi)
         return self
 
+    def _prepared(self, features: Tensor) -> Tensor:
+        f = features.double()
+        return torch.nn.functional.normalize(f, dim=-1) if self.normalize else f
+
     def squared_distances(self, features: Tensor) -> Tensor:
         """Mahalanobis d_c^2 ``[b, c]`` to every class mean."""
         if not self.fitted:
             raise RuntimeError("ClassConditionalGaussian: call fit(features, labels) first")
-        z = features.double() @ self.whitening  # b d
+        z = self._prepared(features) @ self.whitening  # b d
         # |z - m_c|^2 = |z|^2 - 2 z.m_c + |m_c|^2
         return ((z * z).sum(-1, keepdim=True) - 2 * z @ self.means.T + (self.means * self.means).sum(-1)).clamp_min(0)
 
@@ -91,7 +101,9 @@ class DensityAwareEvidence(nn.Module):
     the width w (median - r). The output carries ``extra["neg_log_density"]`` as a score of its own.
     """
 
-    def __init__(self, model: nn.Module, reference_quantile: float = 0.05, ridge: float = 1e-4) -> None:
+    def __init__(
+        self, model: nn.Module, reference_quantile: float = 0.05, ridge: float = 1e-4, normalize: bool = True
+    ) -> None:
         super().__init__()
         for needed in ("forward_features", "head"):
             if not hasattr(model, needed):
@@ -101,7 +113,7 @@ class DensityAwareEvidence(nn.Module):
             raise ValueError(f"reference_quantile must lie in (0, 0.5), got {reference_quantile}")
         self.model = model
         self.reference_quantile = reference_quantile
-        self.density = ClassConditionalGaussian(ridge)
+        self.density = ClassConditionalGaussian(ridge, normalize)
         self.register_buffer("reference", torch.zeros((), dtype=torch.float64))
         self.register_buffer("width", torch.ones((), dtype=torch.float64))
 
