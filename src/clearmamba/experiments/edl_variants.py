@@ -9,8 +9,10 @@ Trained variants (one network each, same recipe as the softmax baseline):
 - ``iedl``: I-EDL, Fisher-weighted squared error - c log det I + KL.
 
 Post-hoc, on each trained variant (no retraining, still one pass): ``+scaled`` (:class:`EvidenceScaler` fitted
-on validation), ``+density`` (:class:`DensityAwareEvidence` fitted on the training features) and
-``+density+scaled``. Baselines: softmax (member 0), softmax + temperature scaling, and the deep ensemble.
+on validation), ``+density`` (:class:`DensityAwareEvidence` fitted on the training features, evidence kept down
+to the 5 % quantile of validation log-densities), ``+density+scaled`` and ``+median-density+scaled`` (evidence
+reduced below the validation median of the log-density, then scaled).
+Baselines: softmax (member 0), softmax + temperature scaling, and the deep ensemble.
 Networks are cached under ``<out>/models`` (safetensors) keyed by their training settings, so ensemble
 members and variants are trained once and reused by later runs.
 """
@@ -47,7 +49,7 @@ from clearmamba.uncertainty import (
 from clearmamba.uncertainty.outputs import as_prediction
 
 VARIANTS = ("edl_annealed", "edl_fixed", "edl_fixed_keep", "redl", "iedl")
-POSTHOC = ("scaled", "density", "density_scaled")
+POSTHOC = ("scaled", "density", "density_scaled", "median_density_scaled")
 LABML_POINTS = ((0.0, 0.0), (0.2, 0.01), (1.0, 1.0))
 COMPARED_SCORES = ("vacuity", "mutual_info", "entropy", "expected_entropy", "neg_log_density")
 
@@ -269,6 +271,15 @@ def build_methods(config: EDLVariantsConfig, task: dict, models: dict, log=print
                 scaler = EvidenceScaler(config.evidence).fit(predict(density, val_inputs), val_labels)
                 methods[f"{variant}+density+scaled"] = (ScaledModel(density, scaler), "vacuity")
                 fitted[f"{variant}+density+scaled"] = {"temperature": scaler.temperature, "scale": scaler.scale}
+        if "median_density_scaled" in config.posthoc:
+            train_inputs, train_labels = task["train"]
+            density = DensityAwareEvidence(model, reference_quantile=0.5)
+            density.fit(features_of(model, train_inputs), train_labels, features_of(model, val_inputs))
+            scaler = EvidenceScaler(config.evidence).fit(predict(density, val_inputs), val_labels)
+            methods[f"{variant}+median-density+scaled"] = (ScaledModel(density, scaler), "vacuity")
+            fitted[f"{variant}+median-density+scaled"] = {"reference": float(density.reference),
+                                                          "width": float(density.width),
+                                                          "temperature": scaler.temperature, "scale": scaler.scale}
         log(f"{variant}: post-hoc fits {({k: v for k, v in fitted.items() if k.startswith(variant)})}")
     return methods, fitted
 

@@ -9,9 +9,11 @@ Lee et al. 2018) is fitted post-hoc on training features ``f [n, d]``:
     d_c^2 = (f - mu_c)^T Sigma^-1 (f - mu_c)
 
 and the evidence becomes e' = g(f) e with g(f) = exp(min(0, (log q(f) - r) / w)) in (0, 1]: 1 for typical
-features (log q above the reference r, a low quantile of held-out log-densities), decaying with the
-log-density below it (w = median - r of the same log-densities), so far-from-data inputs get ~0 evidence
-whatever the logits say. One forward pass plus a [d, d] product at inference.
+features (log q above the reference r, the ``reference_quantile`` of held-out log-densities), decaying with the
+log-density below it (w = (median - 5 % quantile of the same log-densities) / ``sharpness``), so far-from-data
+inputs get ~0 evidence whatever the logits say. A low reference (5 %) leaves in-distribution inputs alone; the
+median (``reference_quantile=0.5``) also takes evidence from the less typical half of the in-distribution inputs,
+where most mistakes are. One forward pass plus a [d, d] product at inference.
 
 ``normalize=True`` (the default of :class:`DensityAwareEvidence`) fits the Gaussian to the L2-normalised
 features f / |f|. On MNIST LeNet's 500 ReLU features this is the difference between a useless and a strong
@@ -98,19 +100,26 @@ class DensityAwareEvidence(nn.Module):
 
     ``fit(features, labels, reference_features)`` fits the Gaussian on training features and sets the
     reference log-density r (``reference_quantile`` of the reference set, held-out features when given) and
-    the width w (median - r). The output carries ``extra["neg_log_density"]`` as a score of its own.
+    the width w. The output carries ``extra["neg_log_density"]`` as a score of its own.
     """
 
     def __init__(
-        self, model: nn.Module, reference_quantile: float = 0.05, ridge: float = 1e-4, normalize: bool = True
+        self,
+        model: nn.Module,
+        reference_quantile: float = 0.05,
+        ridge: float = 1e-4,
+        normalize: bool = True,
+        sharpness: float = 1.0,
     ) -> None:
         super().__init__()
         for needed in ("forward_features", "head"):
             if not hasattr(model, needed):
                 raise ValueError(f"{type(model).__name__} has no {needed}; density-aware evidence needs the "
                                  "penultimate features (forward_features) and the head")
-        if not 0 < reference_quantile < 0.5:
-            raise ValueError(f"reference_quantile must lie in (0, 0.5), got {reference_quantile}")
+        if not 0 < reference_quantile < 1 or sharpness <= 0:
+            raise ValueError(f"reference_quantile must lie in (0, 1) and sharpness be > 0, got {reference_quantile}, "
+                             f"{sharpness}")
+        self.sharpness = sharpness
         self.model = model
         self.reference_quantile = reference_quantile
         self.density = ClassConditionalGaussian(ridge, normalize)
@@ -122,7 +131,8 @@ class DensityAwareEvidence(nn.Module):
         self.density.fit(features, labels)
         log_q = self.density.log_density(features if reference_features is None else reference_features)
         self.reference = torch.quantile(log_q, self.reference_quantile)
-        self.width = (torch.quantile(log_q, 0.5) - self.reference).clamp_min(1e-6)
+        spread = torch.quantile(log_q, 0.5) - torch.quantile(log_q, 0.05)
+        self.width = (spread / self.sharpness).clamp_min(1e-6)
         return self
 
     def evidence_scale(self, log_q: Tensor) -> Tensor:

@@ -22,6 +22,8 @@ from clearmamba.uncertainty.evidence import get_evidence_fn
 from clearmamba.uncertainty.outputs import as_prediction
 from clearmamba.uncertainty.prediction import Prediction
 
+LOG_LIMIT = 20.0  # |log T|, |log c| <= 20
+
 
 def scaled_evidence(
     prediction: Prediction, temperature: Tensor, scale: Tensor, evidence: str = "softplus"
@@ -57,14 +59,17 @@ class EvidenceScaler(nn.Module):
 
     @property
     def temperature(self) -> float:
-        return float(self.log_temperature.detach().exp())
+        return float(self.log_temperature.detach().clamp(-LOG_LIMIT, LOG_LIMIT).exp())
 
     @property
     def scale(self) -> float:
-        return float(self.log_scale.detach().exp())
+        return float(self.log_scale.detach().clamp(-LOG_LIMIT, LOG_LIMIT).exp())
 
     def _scaled(self, prediction: Prediction) -> Prediction:
-        return scaled_evidence(prediction, self.log_temperature.exp(), self.log_scale.exp(), self.evidence)
+        # the clamp keeps LBFGS's line search finite: without a prior, NLL can keep rewarding ever more evidence
+        temperature = self.log_temperature.clamp(-LOG_LIMIT, LOG_LIMIT).exp()
+        scale = self.log_scale.clamp(-LOG_LIMIT, LOG_LIMIT).exp()
+        return scaled_evidence(prediction, temperature, scale, self.evidence)
 
     def fit(self, prediction, labels: Tensor, max_iter: int = 200) -> EvidenceScaler:
         prediction = as_prediction(prediction).detach()
