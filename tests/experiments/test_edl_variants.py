@@ -64,10 +64,24 @@ def test_quick_mnist_run_and_cache_reuse(offline_sources, tmp_path):
 
 @pytest.mark.slow
 def test_quick_angiography_run(tmp_path):
+    doc = tmp_path / "doc.md"
+    doc.write_text("<!-- edl-variants:angiography start -->\n<!-- edl-variants:angiography end -->\n")
     result = CliRunner().invoke(app, ["experiment", "edl-variants", "--quick", "--data", "angiography", "--out",
                                       str(tmp_path), "--variants", "redl", "--posthoc", "density_scaled", "--epochs",
-                                      "0.5"])
+                                      "0.5", "--doc", str(doc)])
     assert result.exit_code == 0, result.output
+    assert "| R-EDL + density + scaled | vacuity |" in doc.read_text()
     payload = json.loads((tmp_path / "results.json").read_text())
     assert list(payload["results"]) == ["softmax", "softmax_ts", "ensemble", "redl", "redl+density+scaled"]
     assert all(set(r["ood"]) and all(s.startswith("ood") for s in r["ood"]) for r in payload["results"].values())
+
+
+def test_write_doc_section_replaces_only_the_marked_block(tmp_path):
+    from clearmamba.experiments.edl_variants_report import write_doc_section
+
+    doc = tmp_path / "doc.md"
+    doc.write_text("intro\n<!-- edl-variants:a start -->\nold\n<!-- edl-variants:a end -->\noutro\n")
+    write_doc_section(doc, "a", "| new |")
+    assert doc.read_text() == "intro\n<!-- edl-variants:a start -->\n| new |\n<!-- edl-variants:a end -->\noutro\n"
+    with pytest.raises(ValueError, match="edl-variants:b"):
+        write_doc_section(doc, "b", "x")

@@ -99,6 +99,9 @@ def edl_variants(
     train_size: Annotated[int | None, typer.Option(help="Training digits (default all but the validation).")] = None,
     seed: Annotated[int, typer.Option(help="Seed for subsets, initialisation and batch order.")] = 0,
     threads: Annotated[int, typer.Option(help="torch CPU threads (1 on a shared machine).")] = 1,
+    doc: Annotated[Path | None, typer.Option(help="Also write the table into this markdown file, between "
+                                             "'<!-- edl-variants:<section> start/end -->' markers.")] = None,
+    section: Annotated[str | None, typer.Option(help="Marker name in --doc (default: the --data name).")] = None,
 ) -> None:
     """Issue 10: EDL variants (fixed KL, R-EDL, I-EDL) and post-hoc evidence scaling / density-aware evidence,
     against softmax and a deep ensemble."""
@@ -123,9 +126,24 @@ def edl_variants(
         raise typer.BadParameter(str(error)) from error
     out = out or Path(f"runs/edl-variants-{data}")
     command = "clearmamba " + " ".join(sys.argv[1:])
+    if doc is not None and f"<!-- edl-variants:{section or data} start -->" not in (
+        doc.read_text() if doc.is_file() else ""
+    ):
+        raise typer.BadParameter(f"{doc} has no '<!-- edl-variants:{section or data} start -->' marker",
+                                 param_hint="--doc")
     with _progress() as progress:
         payload = _run_or_explain(lambda: run(config, out, progress, log=progress.console.print, command=command))
-    typer.echo((out / "table.md").read_text())
+    table = (out / "table.md").read_text()
+    typer.echo(table)
+    if doc is not None:
+        from clearmamba.experiments.edl_variants_report import write_doc_section
+
+        try:
+            header = f"Command: `{command}` ({payload['wall_seconds']:.0f} s)"
+            write_doc_section(doc, section or data, f"{header}\n\n{table}")
+        except (OSError, ValueError) as error:
+            raise typer.BadParameter(str(error), param_hint="--doc") from error
+        typer.echo(f"updated {doc} (section {section or data})")
     typer.echo(f"wrote {out}/results.json, table.md in {payload['wall_seconds']:.0f} s")
 
 

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import math
+import os
+from pathlib import Path
 
 TITLES = {
     "softmax": "softmax",
@@ -57,3 +59,17 @@ def markdown_table(payload: dict) -> str:
         cells = [title(name), *[_fmt(rho.get(s), 4) for s in scores], *[_fmt(entropy[s]["auroc"]) for s in sets]]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
+
+
+def write_doc_section(doc: str | os.PathLike, section: str, text: str) -> None:
+    """Replace what lies between ``<!-- edl-variants:<section> start -->`` and ``... end -->`` in ``doc``."""
+    path = Path(doc)
+    start, end = f"<!-- edl-variants:{section} start -->", f"<!-- edl-variants:{section} end -->"
+    content = path.read_text()
+    if start not in content or end not in content or content.index(start) > content.index(end):
+        raise ValueError(f"{path}: expected the markers {start!r} ... {end!r} around section {section!r}")
+    head, rest = content.split(start, 1)
+    _, tail = rest.split(end, 1)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(f"{head}{start}\n{text.rstrip()}\n{end}{tail}")
+    os.replace(tmp, path)
