@@ -40,12 +40,13 @@ def test_config_rejects_unknown_names():
 @pytest.mark.slow
 def test_quick_mnist_run_and_cache_reuse(offline_sources, tmp_path):
     args = ["experiment", "edl-variants", "--quick", "--out", str(tmp_path), "--variants", "edl_fixed,redl",
-            "--posthoc", "scaled,density_scaled"]
+            "--posthoc", "scaled,density_scaled,gated_density_scaled"]
     first = CliRunner().invoke(app, args)
     assert first.exit_code == 0, first.output
     payload = json.loads((tmp_path / "results.json").read_text())
-    expected = ["softmax", "softmax_ts", "ensemble", "edl_fixed", "edl_fixed+scaled", "edl_fixed+density+scaled",
-                "redl", "redl+scaled", "redl+density+scaled"]
+    expected = ["softmax", "softmax_ts", "ensemble"]
+    for v in ("edl_fixed", "redl"):
+        expected += [v, f"{v}+scaled", f"{v}+density+scaled", f"{v}+gated-density+scaled"]
     assert list(payload["results"]) == expected
     for name, r in payload["results"].items():
         assert 0.3 < r["accuracy"] <= 1.0, name
@@ -55,6 +56,11 @@ def test_quick_mnist_run_and_cache_reuse(offline_sources, tmp_path):
     assert payload["results"]["redl+scaled"]["accuracy"] == payload["results"]["redl"]["accuracy"]
     assert payload["results"]["softmax"]["cost_vs_softmax"] == 1.0
     assert "| R-EDL + density + scaled | vacuity |" in (tmp_path / "table.md").read_text()
+    gate = payload["posthoc"]["redl+gated-density+scaled"]
+    # the chosen gate is the steepest within 10 % of the best validation NLL
+    nll = {float(k): v for k, v in gate["val_nll_by_sharpness"].items()}
+    within = [s for s, v in nll.items() if v <= 1.1 * min(nll.values())]
+    assert gate["sharpness"] == max(within)
     # the second run trains nothing: every network comes from <out>/models
     second = CliRunner().invoke(app, args)
     assert second.exit_code == 0 and second.output.count("loaded from") == 4

@@ -87,8 +87,8 @@ def edl_variants(
     variants: Annotated[str, typer.Option(help="Trained variants: edl_annealed, edl_fixed, edl_fixed_keep, redl, "
                                                "iedl.")] = "edl_annealed,edl_fixed,edl_fixed_keep,redl,iedl",
     posthoc: Annotated[str, typer.Option(help="Post-hoc steps on each variant: scaled, density, density_scaled, "
-                                              "median_density_scaled ('none' for none).")] = (
-        "scaled,density,density_scaled,median_density_scaled"),
+                                              "gated_density_scaled ('none' for none).")] = (
+        "scaled,density,density_scaled,gated_density_scaled"),
     kl_weight: Annotated[float, typer.Option(help="Fixed KL weight of edl_fixed / edl_fixed_keep.")] = 0.005,
     prior_weight: Annotated[float, typer.Option(help="R-EDL prior weight lambda.")] = 0.1,
     fisher_weight: Annotated[float, typer.Option(help="I-EDL log-det Fisher weight.")] = 0.005,

@@ -10,8 +10,9 @@ Trained variants (one network each, same recipe as the softmax baseline):
 
 Post-hoc, on each trained variant (no retraining, still one pass): ``+scaled`` (:class:`EvidenceScaler` fitted
 on validation), ``+density`` (:class:`DensityAwareEvidence` fitted on the training features, evidence kept down
-to the 5 % quantile of validation log-densities), ``+density+scaled`` and ``+median-density+scaled`` (evidence
-reduced below the validation median of the log-density, then scaled).
+to the 5 % quantile of validation log-densities), ``+density+scaled`` and ``+gated-density+scaled`` (evidence
+reduced below the validation median of the log-density, with the steepest decay whose validation NLL after scaling
+stays within 10 % of the best, then scaled).
 Baselines: softmax (member 0), softmax + temperature scaling, and the deep ensemble.
 Networks are cached under ``<out>/models`` (safetensors) keyed by their training settings, so ensemble
 members and variants are trained once and reused by later runs.
@@ -46,10 +47,13 @@ from clearmamba.uncertainty import (
     SoftmaxCrossEntropy,
     TemperatureScaler,
 )
+from clearmamba.uncertainty.calibration import negative_log_likelihood
 from clearmamba.uncertainty.outputs import as_prediction
 
 VARIANTS = ("edl_annealed", "edl_fixed", "edl_fixed_keep", "redl", "iedl")
-POSTHOC = ("scaled", "density", "density_scaled", "median_density_scaled")
+POSTHOC = ("scaled", "density", "density_scaled", "gated_density_scaled")
+GATE_SHARPNESS = (1.0, 3.0, 10.0, 30.0, 100.0)
+GATE_NLL_TOLERANCE = 1.1  # the steepest gate whose validation NLL is within 10 % of the best
 LABML_POINTS = ((0.0, 0.0), (0.2, 0.01), (1.0, 1.0))
 COMPARED_SCORES = ("vacuity", "mutual_info", "entropy", "expected_entropy", "neg_log_density")
 
@@ -260,10 +264,11 @@ def build_methods(config: EDLVariantsConfig, task: dict, models: dict, log=print
             scaler = EvidenceScaler(config.evidence).fit(predict(model, val_inputs), val_labels)
             methods[f"{variant}+scaled"] = (ScaledModel(model, scaler), "vacuity")
             fitted[f"{variant}+scaled"] = {"temperature": scaler.temperature, "scale": scaler.scale}
-        if {"density", "density_scaled"} & set(config.posthoc):
+        if {"density", "density_scaled", "gated_density_scaled"} & set(config.posthoc):
             train_inputs, train_labels = task["train"]
-            density = DensityAwareEvidence(model).fit(features_of(model, train_inputs), train_labels,
-                                                      features_of(model, val_inputs))
+            train_features, val_features = features_of(model, train_inputs), features_of(model, val_inputs)
+        if {"density", "density_scaled"} & set(config.posthoc):
+            density = DensityAwareEvidence(model).fit(train_features, train_labels, val_features)
             fitted[f"{variant}+density"] = {"reference": float(density.reference), "width": float(density.width)}
             if "density" in config.posthoc:
                 methods[f"{variant}+density"] = (density, "vacuity")
@@ -271,17 +276,33 @@ def build_methods(config: EDLVariantsConfig, task: dict, models: dict, log=print
                 scaler = EvidenceScaler(config.evidence).fit(predict(density, val_inputs), val_labels)
                 methods[f"{variant}+density+scaled"] = (ScaledModel(density, scaler), "vacuity")
                 fitted[f"{variant}+density+scaled"] = {"temperature": scaler.temperature, "scale": scaler.scale}
-        if "median_density_scaled" in config.posthoc:
-            train_inputs, train_labels = task["train"]
-            density = DensityAwareEvidence(model, reference_quantile=0.5)
-            density.fit(features_of(model, train_inputs), train_labels, features_of(model, val_inputs))
-            scaler = EvidenceScaler(config.evidence).fit(predict(density, val_inputs), val_labels)
-            methods[f"{variant}+median-density+scaled"] = (ScaledModel(density, scaler), "vacuity")
-            fitted[f"{variant}+median-density+scaled"] = {"reference": float(density.reference),
-                                                          "width": float(density.width),
-                                                          "temperature": scaler.temperature, "scale": scaler.scale}
+        if "gated_density_scaled" in config.posthoc:
+            gated, scaler, record = fit_gate(model, train_features, train_labels, val_features, task["val"],
+                                             config.evidence)
+            methods[f"{variant}+gated-density+scaled"] = (ScaledModel(gated, scaler), "vacuity")
+            fitted[f"{variant}+gated-density+scaled"] = record
         log(f"{variant}: post-hoc fits {({k: v for k, v in fitted.items() if k.startswith(variant)})}")
     return methods, fitted
+
+
+def fit_gate(model, train_features, train_labels, val_features, val, evidence: str = "softplus"):
+    """Density gate at the validation median: the steepest decay (``GATE_SHARPNESS``) whose validation NLL after
+    evidence scaling is within ``GATE_NLL_TOLERANCE`` of the best; validation data only."""
+    val_inputs, val_labels = val
+    trials = []
+    for sharpness in GATE_SHARPNESS:
+        gated = DensityAwareEvidence(model, reference_quantile=0.5, sharpness=sharpness)
+        gated.fit(train_features, train_labels, val_features)
+        prediction = predict(gated, val_inputs)
+        scaler = EvidenceScaler(evidence).fit(prediction, val_labels)
+        nll = float(negative_log_likelihood(scaler(prediction).probs, val_labels))
+        trials.append((sharpness, nll, gated, scaler))
+    best = min(t[1] for t in trials)
+    sharpness, nll, gated, scaler = [t for t in trials if t[1] <= GATE_NLL_TOLERANCE * best][-1]
+    record = {"sharpness": sharpness, "val_nll": nll, "val_nll_by_sharpness": {t[0]: t[1] for t in trials},
+              "reference": float(gated.reference), "width": float(gated.width), "temperature": scaler.temperature,
+              "scale": scaler.scale}
+    return gated, scaler, record
 
 
 def _timed_predict(model, inputs, repeats: int = 2) -> tuple[Prediction, float]:
