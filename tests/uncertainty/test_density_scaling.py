@@ -120,3 +120,17 @@ def test_evidence_scaling_identity_and_model_factor():
     # a model factor r (R-EDL's 1 / lambda) is carried through: e' = c r act(z / T)
     relaxed = Prediction.from_evidence(prediction.evidence / 0.1, logits=prediction.logits)
     torch.testing.assert_close(identity(relaxed).evidence, relaxed.evidence)
+
+
+def test_fit_density_gate_keeps_the_steepest_gate_within_the_nll_tolerance():
+    from clearmamba.uncertainty import fit_density_gate
+
+    features, labels = _clusters()
+    val_features, val_labels = _clusters(seed=1)
+    gate, scaler, record = fit_density_gate(_FeatureModel(), features + 6.0, labels, val_features + 6.0, val_labels)
+    nll = record["val_nll_by_sharpness"]
+    assert record["sharpness"] == max(s for s, v in nll.items() if v <= 1.1 * min(nll.values()))
+    assert gate.sharpness == record["sharpness"] and gate.reference_quantile == 0.5
+    # the median of the validation log-densities is the reference: about half the validation inputs are gated
+    log_q = gate.density.log_density(val_features + 6.0)
+    assert 0.4 < (log_q < gate.reference).float().mean() < 0.6

@@ -47,7 +47,7 @@ from clearmamba.uncertainty import (
     SoftmaxCrossEntropy,
     TemperatureScaler,
 )
-from clearmamba.uncertainty.calibration import negative_log_likelihood
+from clearmamba.uncertainty.density import fit_density_gate
 from clearmamba.uncertainty.outputs import as_prediction
 
 VARIANTS = ("edl_annealed", "edl_fixed", "edl_fixed_keep", "redl", "iedl")
@@ -277,32 +277,12 @@ def build_methods(config: EDLVariantsConfig, task: dict, models: dict, log=print
                 methods[f"{variant}+density+scaled"] = (ScaledModel(density, scaler), "vacuity")
                 fitted[f"{variant}+density+scaled"] = {"temperature": scaler.temperature, "scale": scaler.scale}
         if "gated_density_scaled" in config.posthoc:
-            gated, scaler, record = fit_gate(model, train_features, train_labels, val_features, task["val"],
-                                             config.evidence)
+            gated, scaler, record = fit_density_gate(model, train_features, train_labels, val_features, val_labels,
+                                                     config.evidence, GATE_SHARPNESS, GATE_NLL_TOLERANCE)
             methods[f"{variant}+gated-density+scaled"] = (ScaledModel(gated, scaler), "vacuity")
             fitted[f"{variant}+gated-density+scaled"] = record
         log(f"{variant}: post-hoc fits {({k: v for k, v in fitted.items() if k.startswith(variant)})}")
     return methods, fitted
-
-
-def fit_gate(model, train_features, train_labels, val_features, val, evidence: str = "softplus"):
-    """Density gate at the validation median: the steepest decay (``GATE_SHARPNESS``) whose validation NLL after
-    evidence scaling is within ``GATE_NLL_TOLERANCE`` of the best; validation data only."""
-    val_inputs, val_labels = val
-    trials = []
-    for sharpness in GATE_SHARPNESS:
-        gated = DensityAwareEvidence(model, reference_quantile=0.5, sharpness=sharpness)
-        gated.fit(train_features, train_labels, val_features)
-        prediction = predict(gated, val_inputs)
-        scaler = EvidenceScaler(evidence).fit(prediction, val_labels)
-        nll = float(negative_log_likelihood(scaler(prediction).probs, val_labels))
-        trials.append((sharpness, nll, gated, scaler))
-    best = min(t[1] for t in trials)
-    sharpness, nll, gated, scaler = [t for t in trials if t[1] <= GATE_NLL_TOLERANCE * best][-1]
-    record = {"sharpness": sharpness, "val_nll": nll, "val_nll_by_sharpness": {t[0]: t[1] for t in trials},
-              "reference": float(gated.reference), "width": float(gated.width), "temperature": scaler.temperature,
-              "scale": scaler.scale}
-    return gated, scaler, record
 
 
 def _timed_predict(model, inputs, repeats: int = 2) -> tuple[Prediction, float]:

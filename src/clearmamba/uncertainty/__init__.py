@@ -6,7 +6,7 @@ Convention: every uncertainty score is oriented so that a higher score means mor
 from clearmamba.uncertainty.cal import CALClassifier, CALLoss, CALOutput, CounterfactualAttention
 from clearmamba.uncertainty.calibration import TemperatureScaler
 from clearmamba.uncertainty.conformal import SplitConformal, coverage, mean_set_size
-from clearmamba.uncertainty.density import ClassConditionalGaussian, DensityAwareEvidence
+from clearmamba.uncertainty.density import ClassConditionalGaussian, DensityAwareEvidence, fit_density_gate
 from clearmamba.uncertainty.dirichlet import dirichlet_uncertainty
 from clearmamba.uncertainty.edl_losses import (
     EvidentialLoss,
@@ -61,6 +61,7 @@ __all__ = [
     "RelaxedEvidentialLoss",
     "ScaledModel",
     "create_evidential_loss",
+    "fit_density_gate",
     "CALClassifier",
     "CALLoss",
     "CALOutput",

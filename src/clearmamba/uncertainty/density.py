@@ -140,7 +140,10 @@ class DensityAwareEvidence(nn.Module):
         return ((log_q - self.reference) / self.width).clamp_max(0).exp()
 
     def forward(self, x: Tensor, *args, **kwargs) -> Prediction:
-        features = self.model.forward_features(x, *args, **kwargs)
+        return self.from_features(self.model.forward_features(x, *args, **kwargs))
+
+    def from_features(self, features: Tensor) -> Prediction:
+        """The density-scaled prediction of penultimate ``features [b, d]`` (head + evidence scaling)."""
         prediction = as_prediction(self.model.head(features))
         if prediction.evidence is None:
             raise ValueError("density-aware evidence needs an evidential head (the prediction has no evidence)")
@@ -148,3 +151,43 @@ class DensityAwareEvidence(nn.Module):
         scale = self.evidence_scale(log_q).to(prediction.evidence.dtype)
         extra = {**prediction.extra, "neg_log_density": (-log_q).to(prediction.evidence.dtype)}
         return Prediction.from_evidence(prediction.evidence * scale[:, None], logits=prediction.logits, extra=extra)
+
+
+GATE_SHARPNESS = (1.0, 3.0, 10.0, 30.0, 100.0)
+
+
+def fit_density_gate(
+    model: nn.Module,
+    train_features: Tensor,
+    train_labels: Tensor,
+    val_features: Tensor,
+    val_labels: Tensor,
+    evidence: str = "softplus",
+    sharpness: tuple[float, ...] = GATE_SHARPNESS,
+    nll_tolerance: float = 1.1,
+):
+    """Density gate at the validation median of log q, then post-hoc evidence scaling, fitted on validation only.
+
+    For each ``sharpness`` the gate is fitted and an :class:`EvidenceScaler` fitted on its validation predictions;
+    the steepest gate whose scaled validation NLL is within ``nll_tolerance`` x the best is kept (steeper gates take
+    more evidence from atypical inputs, where most mistakes and OOD inputs lie, until NLL pays for it).
+    Returns ``(gate, scaler, record)``; ``ScaledModel(gate, scaler)`` is the single-pass model.
+    """
+    from clearmamba.uncertainty.calibration import negative_log_likelihood
+    from clearmamba.uncertainty.evidence_scaling import EvidenceScaler
+
+    trials = []
+    for value in sharpness:
+        gate = DensityAwareEvidence(model, reference_quantile=0.5, sharpness=value)
+        gate.fit(train_features, train_labels, val_features)
+        with torch.no_grad():
+            prediction = gate.from_features(val_features)
+        scaler = EvidenceScaler(evidence).fit(prediction, val_labels)
+        nll = float(negative_log_likelihood(scaler(prediction).probs, val_labels))
+        trials.append((value, nll, gate, scaler))
+    best = min(t[1] for t in trials)
+    value, nll, gate, scaler = [t for t in trials if t[1] <= nll_tolerance * best][-1]
+    record = {"sharpness": value, "val_nll": nll, "val_nll_by_sharpness": {t[0]: t[1] for t in trials},
+              "reference": float(gate.reference), "width": float(gate.width), "temperature": scaler.temperature,
+              "scale": scaler.scale}
+    return gate, scaler, record
