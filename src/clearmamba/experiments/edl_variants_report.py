@@ -25,13 +25,15 @@ def _fmt(value, digits: int = 3) -> str:
     return f"{value:.{digits}f}"
 
 
-def title(name: str) -> str:
+def title(name: str, kl_weight: float = 0.005) -> str:
     base, *steps = name.split("+")
-    return " + ".join([TITLES.get(base, base), *steps])
+    label = TITLES.get(base, base).replace("KL 0.005", f"KL {kl_weight:g}")
+    return " + ".join([label, *steps])
 
 
 def markdown_table(payload: dict) -> str:
     results, goal = payload["results"], payload["goal"]
+    kl = payload.get("config", {}).get("kl_weight", 0.005)
     sets = list(next(iter(results.values()))["ood"])
     head = ["method", "score", "accuracy", "ECE", "NLL", "median conf. wrong / right", "misclass. AUROC",
             "AURC (e-3)", *[f"OOD AUROC / FPR95 {SET_TITLES.get(s, s)}" for s in sets],
@@ -39,7 +41,7 @@ def markdown_table(payload: dict) -> str:
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for name, r in results.items():
         g = goal["methods"][name]
-        cells = [title(name), r["score"], f"{100 * r['accuracy']:.2f} %", _fmt(r["ece"]), _fmt(r["nll"]),
+        cells = [title(name, kl), r["score"], f"{100 * r['accuracy']:.2f} %", _fmt(r["ece"]), _fmt(r["nll"]),
                  f"{_fmt(r['wrong_confidence_median'], 2)} / {_fmt(r['right_confidence_median'])}",
                  _fmt(r["misclassification_auroc"]), _fmt(1000 * r["aurc"], 2)]
         cells += [f"{_fmt(r['ood'][s]['auroc'])} / {_fmt(r['ood'][s]['fpr95'], 2)}" for s in sets]
@@ -56,7 +58,7 @@ def markdown_table(payload: dict) -> str:
     for name, r in results.items():
         rho = r.get("spearman_vs_msp", {})
         entropy = r.get("ood_entropy", r["ood"])
-        cells = [title(name), *[_fmt(rho.get(s), 4) for s in scores], *[_fmt(entropy[s]["auroc"]) for s in sets]]
+        cells = [title(name, kl), *[_fmt(rho.get(s), 4) for s in scores], *[_fmt(entropy[s]["auroc"]) for s in sets]]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
