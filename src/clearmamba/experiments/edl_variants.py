@@ -47,12 +47,11 @@ from clearmamba.uncertainty import (
     SoftmaxCrossEntropy,
     TemperatureScaler,
 )
-from clearmamba.uncertainty.density import fit_density_gate
+from clearmamba.uncertainty.density import GATE_SHARPNESS, fit_density_gate
 from clearmamba.uncertainty.outputs import as_prediction
 
 VARIANTS = ("edl_annealed", "edl_fixed", "edl_fixed_keep", "redl", "iedl")
 POSTHOC = ("scaled", "density", "density_scaled", "gated_density_scaled")
-GATE_SHARPNESS = (1.0, 3.0, 10.0, 30.0, 100.0)
 GATE_NLL_TOLERANCE = 1.1  # the steepest gate whose validation NLL is within 10 % of the best
 LABML_POINTS = ((0.0, 0.0), (0.2, 0.01), (1.0, 1.0))
 COMPARED_SCORES = ("vacuity", "mutual_info", "entropy", "expected_entropy", "neg_log_density")
