@@ -78,6 +78,75 @@ def edl_mnist(
                f"in {payload['wall_seconds']:.0f} s")
 
 
+@experiment_app.command("edl-variants")
+def edl_variants(
+    out: Annotated[Path | None, typer.Option(help="Folder for results.json, table.md, models/.")] = None,
+    data: Annotated[str, typer.Option(help="mnist (LeNet) or angiography (built-in data, CLEAR-Mamba).")] = "mnist",
+    quick: Annotated[bool, typer.Option("--quick", help="CI size: 1,000 digits, 1 epoch, 2 members.")] = False,
+    epochs: Annotated[float | None, typer.Option(help="Training epochs per network (default 5, quick 1).")] = None,
+    variants: Annotated[str, typer.Option(help="Trained variants: edl_annealed, edl_fixed, edl_fixed_keep, redl, "
+                                               "iedl.")] = "edl_annealed,edl_fixed,edl_fixed_keep,redl,iedl",
+    posthoc: Annotated[str, typer.Option(help="Post-hoc steps on each variant: scaled, density, density_scaled, "
+                                              "gated_density_scaled ('none' for none).")] = (
+        "scaled,density,density_scaled,gated_density_scaled"),
+    kl_weight: Annotated[float, typer.Option(help="Fixed KL weight of edl_fixed / edl_fixed_keep.")] = 0.005,
+    prior_weight: Annotated[float, typer.Option(help="R-EDL prior weight lambda.")] = 0.1,
+    fisher_weight: Annotated[float, typer.Option(help="I-EDL log-det Fisher weight.")] = 0.005,
+    coupled_l2: Annotated[bool, typer.Option("--coupled-l2/--decoupled", help="Adam + L2 in the gradient (issue "
+                                             "10's measurement, default) or AdamW.")] = True,
+    weight_decay: Annotated[float | None, typer.Option(help="Weight decay (default 5e-3).")] = None,
+    ensemble_size: Annotated[int | None, typer.Option(help="Deep-ensemble members (default 5, quick 2).")] = None,
+    train_size: Annotated[int | None, typer.Option(help="Training digits (default all but the validation).")] = None,
+    seed: Annotated[int, typer.Option(help="Seed for subsets, initialisation and batch order.")] = 0,
+    threads: Annotated[int, typer.Option(help="torch CPU threads (1 on a shared machine).")] = 1,
+    doc: Annotated[Path | None, typer.Option(help="Also write the table into this markdown file, between "
+                                             "'<!-- edl-variants:<section> start/end -->' markers.")] = None,
+    section: Annotated[str | None, typer.Option(help="Marker name in --doc (default: the --data name).")] = None,
+) -> None:
+    """Issue 10: EDL variants (fixed KL, R-EDL, I-EDL) and post-hoc evidence scaling / density-aware evidence,
+    against softmax and a deep ensemble."""
+    import sys
+
+    import torch
+
+    from clearmamba.experiments.edl_variants import EDLVariantsConfig, run
+
+    torch.set_num_threads(threads)
+    overrides = {k: v for k, v in {"epochs": epochs, "ensemble_size": ensemble_size, "train_size": train_size,
+                                   "weight_decay": weight_decay}.items() if v is not None}
+    overrides.update(variants=_split(variants, "variants"), seed=seed, kl_weight=kl_weight,
+                     prior_weight=prior_weight, fisher_weight=fisher_weight, data=data)
+    overrides["posthoc"] = () if posthoc.strip() == "none" else _split(posthoc, "posthoc")
+    if data == "mnist" or quick:
+        overrides["decoupled_weight_decay"] = not coupled_l2
+    try:
+        config = (EDLVariantsConfig.quick_config(**overrides) if quick
+                  else EDLVariantsConfig.for_data(overrides.pop("data"), **overrides))
+    except ValueError as error:
+        raise typer.BadParameter(str(error)) from error
+    out = out or Path(f"runs/edl-variants-{data}")
+    command = "clearmamba " + " ".join(sys.argv[1:])
+    if doc is not None and f"<!-- edl-variants:{section or data} start -->" not in (
+        doc.read_text() if doc.is_file() else ""
+    ):
+        raise typer.BadParameter(f"{doc} has no '<!-- edl-variants:{section or data} start -->' marker",
+                                 param_hint="--doc")
+    with _progress() as progress:
+        payload = _run_or_explain(lambda: run(config, out, progress, log=progress.console.print, command=command))
+    table = (out / "table.md").read_text()
+    typer.echo(table)
+    if doc is not None:
+        from clearmamba.experiments.edl_variants_report import write_doc_section
+
+        try:
+            header = f"Command: `{command}` ({payload['wall_seconds']:.0f} s)"
+            write_doc_section(doc, section or data, f"{header}\n\n{table}")
+        except (OSError, ValueError) as error:
+            raise typer.BadParameter(str(error), param_hint="--doc") from error
+        typer.echo(f"updated {doc} (section {section or data})")
+    typer.echo(f"wrote {out}/results.json, table.md in {payload['wall_seconds']:.0f} s")
+
+
 @active_app.command("simulate")
 def simulate(
     out: Annotated[Path, typer.Option(help="Folder for curves.json, summary.md and the plot.")] = ACTIVE_OUT,

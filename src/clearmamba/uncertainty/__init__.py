@@ -6,6 +6,7 @@ Convention: every uncertainty score is oriented so that a higher score means mor
 from clearmamba.uncertainty.cal import CALClassifier, CALLoss, CALOutput, CounterfactualAttention
 from clearmamba.uncertainty.calibration import TemperatureScaler
 from clearmamba.uncertainty.conformal import SplitConformal, coverage, mean_set_size
+from clearmamba.uncertainty.density import ClassConditionalGaussian, DensityAwareEvidence, fit_density_gate
 from clearmamba.uncertainty.dirichlet import dirichlet_uncertainty
 from clearmamba.uncertainty.edl_losses import (
     EvidentialLoss,
@@ -14,8 +15,14 @@ from clearmamba.uncertainty.edl_losses import (
     edl_loss,
     kl_to_uniform_dirichlet,
 )
+from clearmamba.uncertainty.edl_variants import (
+    FisherEvidentialLoss,
+    RelaxedEvidentialLoss,
+    create_evidential_loss,
+)
 from clearmamba.uncertainty.ensemble import DeepEnsemble, train_members
 from clearmamba.uncertainty.evidence import get_evidence_fn
+from clearmamba.uncertainty.evidence_scaling import EvidenceScaler, ScaledModel
 from clearmamba.uncertainty.heads import RaPHead, SoftmaxHead, create_head
 from clearmamba.uncertainty.heteroscedastic import (
     HeteroscedasticClassifier,
@@ -47,6 +54,14 @@ from clearmamba.uncertainty.variational import (
 )
 
 __all__ = [
+    "ClassConditionalGaussian",
+    "DensityAwareEvidence",
+    "EvidenceScaler",
+    "FisherEvidentialLoss",
+    "RelaxedEvidentialLoss",
+    "ScaledModel",
+    "create_evidential_loss",
+    "fit_density_gate",
     "CALClassifier",
     "CALLoss",
     "CALOutput",

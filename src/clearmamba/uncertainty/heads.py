@@ -26,14 +26,26 @@ class SoftmaxHead(nn.Module):
 
 
 class RaPHead(nn.Module):
-    """Evidential head: e = activation(W f + b) >= 0, alpha = e + 1, p = alpha / S, vacuity K / S."""
+    """Evidential head: e = activation(W f + b) >= 0, alpha = e + 1, p = alpha / S, vacuity K / S.
+
+    ``prior_weight`` lambda (R-EDL) returns the evidence in units of the prior weight, e / lambda, so that
+    alpha = e / lambda + 1 gives R-EDL's p = (e + lambda) / (sum e + K lambda); 1 is plain EDL.
+    """
 
     kind = "evidential"
 
     def __init__(
-        self, in_features: int, num_classes: int, evidence: str = "softplus", dropout: float = 0.0
+        self,
+        in_features: int,
+        num_classes: int,
+        evidence: str = "softplus",
+        dropout: float = 0.0,
+        prior_weight: float = 1.0,
     ) -> None:
         super().__init__()
+        if prior_weight <= 0:
+            raise ValueError(f"prior_weight must be > 0, got {prior_weight}")
+        self.prior_weight = prior_weight
         self.evidence_name = evidence
         self.evidence_fn = get_evidence_fn(evidence)
         self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
@@ -41,7 +53,10 @@ class RaPHead(nn.Module):
 
     def forward(self, features: Tensor) -> Prediction:
         logits = self.fc(self.dropout(features))
-        return Prediction.from_evidence(self.evidence_fn(logits), logits=logits)
+        evidence = self.evidence_fn(logits)
+        if self.prior_weight != 1.0:
+            evidence = evidence / self.prior_weight
+        return Prediction.from_evidence(evidence, logits=logits)
 
 
 HEADS = {"softmax": SoftmaxHead, "evidential": RaPHead}

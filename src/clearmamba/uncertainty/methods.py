@@ -43,14 +43,15 @@ import torch
 from torch import Tensor, nn
 
 from clearmamba.uncertainty.cal import CALClassifier, CALLoss
-from clearmamba.uncertainty.edl_losses import EvidentialLoss, SoftmaxCrossEntropy
+from clearmamba.uncertainty.edl_losses import SoftmaxCrossEntropy
+from clearmamba.uncertainty.edl_variants import create_evidential_loss
 from clearmamba.uncertainty.ensemble import DeepEnsemble
 from clearmamba.uncertainty.evidence import get_evidence_fn
+from clearmamba.uncertainty.heads import RaPHead
 from clearmamba.uncertainty.heteroscedastic import HeteroscedasticClassifier, HeteroscedasticLoss
 from clearmamba.uncertainty.mc_dropout import MCDropout, add_head_dropout, dropout_modules
 from clearmamba.uncertainty.outputs import as_prediction
 from clearmamba.uncertainty.prediction import Prediction
-from clearmamba.uncertainty.schedules import EpochLinear
 from clearmamba.uncertainty.swag import SWAG, refresh_batchnorm
 from clearmamba.uncertainty.variational import ELBOLoss, VariationalClassifier, to_variational
 
@@ -58,7 +59,9 @@ from clearmamba.uncertainty.variational import ELBOLoss, VariationalClassifier, 
 class PredictionAdapter(nn.Module):
     """Make a classifier return a ``Prediction`` of the wanted kind (``softmax`` or ``evidential``)."""
 
-    def __init__(self, model: nn.Module, kind: str = "softmax", evidence: str = "softplus") -> None:
+    def __init__(
+        self, model: nn.Module, kind: str = "softmax", evidence: str = "softplus", prior_weight: float = 1.0
+    ) -> None:
         super().__init__()
         if kind not in ("softmax", "evidential"):
             raise ValueError(f"kind must be 'softmax' or 'evidential', got {kind!r}")
@@ -66,13 +69,19 @@ class PredictionAdapter(nn.Module):
         self.kind = kind
         self.evidence_name = evidence
         self.evidence_fn = get_evidence_fn(evidence)
+        self.prior_weight = prior_weight  # R-EDL: evidence in units of the prior weight, e / lambda
+        if prior_weight != 1.0:
+            for head in model.modules():
+                if isinstance(head, RaPHead):
+                    head.prior_weight = prior_weight
 
     def forward(self, x: Tensor) -> Prediction:
         prediction = as_prediction(self.model(x))
         if self.kind == "evidential" and prediction.evidence is None:
             if prediction.logits is None:
                 raise ValueError("an evidential method needs logits to turn into evidence")
-            return Prediction.from_evidence(self.evidence_fn(prediction.logits), logits=prediction.logits)
+            evidence = self.evidence_fn(prediction.logits) / self.prior_weight
+            return Prediction.from_evidence(evidence, logits=prediction.logits)
         return prediction
 
 
@@ -126,13 +135,32 @@ class EvidentialMethod(Method):
     name = "evidential"
 
     def __init__(
-        self, evidence: str = "softplus", loss: str = "mll", kl_weight: float = 0.005, anneal_epochs: float = 10.0
+        self,
+        evidence: str = "softplus",
+        loss: str = "mll",
+        kl_weight: float = 0.005,
+        anneal_epochs: float = 10.0,
+        objective: str = "edl",
+        prior_weight: float = 1.0,
+        fisher_weight: float = 0.005,
+        remove_target: bool = True,
     ):
-        self.evidence = evidence
-        self.criterion = EvidentialLoss(loss, kl_weight, EpochLinear(anneal_epochs) if anneal_epochs > 0 else None)
+        """``objective``: ``edl`` (``loss`` mll / ce / sse), ``redl`` (R-EDL, ``prior_weight`` lambda) or
+        ``iedl`` (I-EDL, ``fisher_weight``); ``anneal_epochs <= 0`` keeps the KL weight fixed."""
+        self.evidence, self.objective, self.prior_weight = evidence, objective, prior_weight
+        options = {"kl_weight": kl_weight, "kl_anneal_epochs": anneal_epochs, "remove_target": remove_target}
+        if objective == "edl":
+            options["loss"] = loss
+        elif objective == "redl":
+            options["prior_weight"] = prior_weight
+        elif objective == "iedl":
+            options["fisher_weight"] = fisher_weight
+        if objective != "redl" and prior_weight != 1.0:
+            raise ValueError(f"prior_weight is R-EDL's (objective='redl'); got it with objective={objective!r}")
+        self.criterion = create_evidential_loss(objective, **options)
 
     def prepare(self, model, num_classes=None, dataset_size=None):
-        return PredictionAdapter(model, "evidential", self.evidence)
+        return PredictionAdapter(model, "evidential", self.evidence, self.prior_weight)
 
 
 class MCDropoutMethod(Method):
