@@ -94,17 +94,21 @@ def test_exp_evidence_is_clamped():
 def test_evidential_loss_combines_terms_with_annealing():
     e = F.softplus(LOGITS)
     schedule = PiecewiseLinear(((0.0, 0.0), (0.2, 0.01), (1.0, 1.0)), total_epochs=10)
-    criterion = EvidentialLoss("sse", kl_weight=1.0, annealing=schedule)
+    criterion = EvidentialLoss("sse", kl_weight=1.0, annealing=schedule, remove_target=True)
     # at epoch 1 (fraction 0.1) lambda = 0.005
     expected = edl_loss(e, TARGET, "sse") + 0.005 * edl_kl(e, TARGET)
     assert criterion(e, TARGET, epoch=1.0).item() == pytest.approx(expected.item(), rel=1e-6)
     assert criterion(e, TARGET, epoch=0.0).item() == pytest.approx(edl_loss(e, TARGET, "sse").item())
 
 
-def test_default_rap_loss_uses_lambda_0005():
+def test_default_rap_loss_is_the_measured_recipe():
+    # lambda = 0.05 on KL(Dir(alpha) || Dir(1)) with the target evidence kept, at every epoch (docs/edl-variants.md)
     e = F.softplus(LOGITS)
-    expected = edl_loss(e, TARGET, "mll") + 0.005 * edl_kl(e, TARGET)
-    assert EvidentialLoss()(e, TARGET).item() == pytest.approx(expected.item(), rel=1e-6)
+    expected = edl_loss(e, TARGET, "mll") + 0.05 * edl_kl(e, TARGET, remove_target=False)
+    for epoch in (None, 0.0, 3.0):
+        assert EvidentialLoss()(e, TARGET, epoch=epoch).item() == pytest.approx(expected.item(), rel=1e-6)
+    paper = edl_loss(e, TARGET, "mll") + 0.005 * edl_kl(e, TARGET)
+    assert EvidentialLoss(kl_weight=0.005, remove_target=True)(e, TARGET).item() == pytest.approx(paper.item())
 
 
 def test_bad_inputs_raise_clear_errors():

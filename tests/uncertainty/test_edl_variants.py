@@ -116,7 +116,7 @@ def test_fisher_loss_value_and_gradient():
 def test_fixed_kl_weight_and_target_removal_are_selectable():
     evidence, target, y = _batch(5)
     e = evidence.detach()
-    fixed = create_evidential_loss("edl", kl_weight=0.005, kl_anneal_epochs=0)
+    fixed = create_evidential_loss("edl", kl_weight=0.005, kl_anneal_epochs=0, remove_target=True)
     kept = create_evidential_loss("edl", kl_weight=0.005, kl_anneal_epochs=0, remove_target=False)
     data = EvidentialLoss("mll", kl_weight=0.0)(e, target)
     kl_removed = kl_divergence(Dirichlet(y + (1 - y) * (e + 1)), Dirichlet(torch.ones_like(e))).mean()

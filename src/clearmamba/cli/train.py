@@ -20,7 +20,7 @@ def train(
     epochs: Annotated[int, typer.Option()] = 20,
     batch_size: Annotated[int, typer.Option()] = 16,
     lr: Annotated[float, typer.Option()] = 1e-3,
-    kl_weight: Annotated[float, typer.Option(help="lambda of the evidential KL term")] = 0.005,
+    kl_weight: Annotated[float, typer.Option(help="lambda of the evidential KL term")] = 0.05,
     balanced: Annotated[bool, typer.Option(help="class-balanced sampling for long-tailed labels")] = False,
     frame_size: Annotated[int | None, typer.Option(help="frame side in pixels (builtin: 32)")] = None,
     target_risk: Annotated[float, typer.Option(help="allowed error on accepted cases")] = 0.05,

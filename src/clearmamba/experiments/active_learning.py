@@ -82,7 +82,7 @@ def _fit(config: ActiveConfig, head: str, x: torch.Tensor, y: torch.Tensor, seed
     epochs = config.train_steps / steps_per_epoch
     if head == "evidential":
         schedule = PiecewiseLinear(total_epochs=epochs)  # labml's (0,0) -> (0.2,0.01) -> (1,1)
-        loss = EvidentialLoss(config.edl_loss, kl_weight=1.0, annealing=schedule)
+        loss = EvidentialLoss(config.edl_loss, kl_weight=1.0, annealing=schedule, remove_target=True)
     else:
         loss = SoftmaxCrossEntropy()
     torch.manual_seed(seed)  # same initial weights for every arm at this seed and round

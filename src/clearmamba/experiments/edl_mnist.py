@@ -133,7 +133,7 @@ def load_data(config: EDLMnistConfig) -> dict:
 # ---- training --------------------------------------------------------------------------------------------
 def edl_loss_fn(config: EDLMnistConfig, loss: str) -> EvidentialLoss:
     schedule = PiecewiseLinear(config.kl_points, total_epochs=config.epochs)
-    return EvidentialLoss(loss, kl_weight=config.kl_weight, annealing=schedule)
+    return EvidentialLoss(loss, kl_weight=config.kl_weight, annealing=schedule, remove_target=True)
 
 
 def _stats_line(name: str, seconds: float, last: dict) -> str:

@@ -119,7 +119,8 @@ class EDLVariantsConfig:
 def variant_loss(config: EDLVariantsConfig, variant: str) -> nn.Module:
     """The training loss of a named variant."""
     if variant == "edl_annealed":
-        return EvidentialLoss("mll", kl_weight=1.0, annealing=PiecewiseLinear(LABML_POINTS, config.epochs))
+        return EvidentialLoss("mll", kl_weight=1.0, annealing=PiecewiseLinear(LABML_POINTS, config.epochs),
+                              remove_target=True)
     if variant in ("edl_fixed", "edl_fixed_keep"):
         return EvidentialLoss("mll", config.kl_weight, Constant(1.0), remove_target=variant == "edl_fixed")
     if variant == "redl":

@@ -181,6 +181,10 @@ def load_model(path: str | Path, map_location: str | torch.device = "cpu") -> tu
         raise CheckpointError(f"{resolve_checkpoint(path) / CONFIG}: field 'arch' is missing")
     model = create_model(config["arch"], **config.get("model_kwargs", {}))
     model.load_state_dict(weights, strict=True)
+    if config.get("posthoc"):  # RaP's density gate + evidence scaling, fitted after training
+        from .posthoc import attach_posthoc
+
+        model = attach_posthoc(model, resolve_checkpoint(path), config["posthoc"])
     return model.to(map_location).eval(), config
 
 

@@ -36,7 +36,8 @@ def train_model(
     resume: bool = False,
     data_spec: str = "builtin",
 ) -> tuple[torch.nn.Module, dict]:
-    """Train on ``sets["train"]``, early-stop on ``sets["val"]``, store the validation referral threshold."""
+    """Train on ``sets["train"]``, early-stop on ``sets["val"]``, fit RaP's post-hoc step (evidential heads,
+    ``cfg.posthoc``) and store the validation referral threshold."""
     import clearmamba.models.baselines  # noqa: F401  (registers the clear_* models)
     from clearmamba.models import create_model
 
@@ -49,6 +50,11 @@ def train_model(
     config = build_checkpoint_config(train_set, arch, model_kwargs, data_spec)
     Trainer(model, cfg, out, config).fit(train_set, val_set, resume=resume)
     model, config = load_model(out)
+    if cfg.posthoc and getattr(model, "cfg", None) is not None and getattr(model.cfg, "head", "") == "evidential":
+        from .posthoc import fit_posthoc, save_posthoc
+
+        model, record = fit_posthoc(model, train_set, val_set, cfg.eval_batch_size)
+        config["posthoc"] = save_posthoc(resolve_checkpoint(out), model, record)
     config["referral"] = referral_rule(predict(model, val_set, cfg.eval_batch_size), target_risk)
     write_json(resolve_checkpoint(out) / CONFIG, config)
     return model, config

@@ -138,12 +138,12 @@ class EvidentialMethod(Method):
         self,
         evidence: str = "softplus",
         loss: str = "mll",
-        kl_weight: float = 0.005,
-        anneal_epochs: float = 10.0,
+        kl_weight: float = 0.05,  # RaP's recipe (docs/edl-variants.md): fixed weight, target evidence kept
+        anneal_epochs: float = 0.0,
         objective: str = "edl",
         prior_weight: float = 1.0,
         fisher_weight: float = 0.005,
-        remove_target: bool = True,
+        remove_target: bool = False,
     ):
         """``objective``: ``edl`` (``loss`` mll / ce / sse), ``redl`` (R-EDL, ``prior_weight`` lambda) or
         ``iedl`` (I-EDL, ``fisher_weight``); ``anneal_epochs <= 0`` keeps the KL weight fixed."""
