@@ -92,10 +92,13 @@ class EDLVariantsConfig:
 
     @classmethod
     def for_data(cls, data: str, **overrides) -> EDLVariantsConfig:
-        """The full-size config of ``data``; angiography takes the demo's batch 8, lr 3e-3 and 10 epochs."""
+        """The full-size config of ``data``; angiography takes ``clearmamba demo``'s epochs, batch size and lr."""
         if data == "angiography":
-            overrides = {"epochs": 10.0, "batch_size": 8, "lr": 3e-3, "weight_decay": 0.05,
-                         "decoupled_weight_decay": True, **overrides}
+            from clearmamba.training.demo import DemoConfig
+
+            demo = DemoConfig()
+            overrides = {"epochs": float(demo.epochs), "batch_size": demo.batch_size, "lr": demo.lr,
+                         "weight_decay": 0.05, "decoupled_weight_decay": True, **overrides}
         return cls(data=data, **overrides)
 
     def __post_init__(self) -> None:
