@@ -1,8 +1,10 @@
+import math
+
 import pytest
 import torch
 
 from clearmamba.experiments.lenet import lenet
-from clearmamba.experiments.training import EvidenceStatistics, TrainConfig, train
+from clearmamba.experiments.training import EvidenceStatistics, TrainConfig, optimizer_step, train
 from clearmamba.uncertainty import EvidentialLoss, PiecewiseLinear, Prediction
 from clearmamba.uncertainty.mc_dropout import MCDropout
 
@@ -56,3 +58,22 @@ def test_train_feeds_the_schedule_fractional_epochs():
     assert [h["epoch"] for h in history] == [1.0, 2.0]
     # labml's schedule: lambda = 0.01 at 20 % of training, 1 at the end
     assert schedule(0.4) == pytest.approx(0.01) and schedule(2.0) == 1.0 and schedule(0.2) == pytest.approx(0.005)
+
+
+def test_optimizer_step_applies_warmup_cosine_and_clipping_only_when_asked():
+    def one_step(config, step):
+        model = torch.nn.Linear(2, 1, bias=False)
+        with torch.no_grad():
+            model.weight.zero_()
+        optimizer = torch.optim.SGD(model.parameters(), lr=config.lr)
+        model.weight.grad = torch.tensor([[3.0, 4.0]])  # norm 5
+        optimizer_step(model, optimizer, config, step, total_steps=10, steps_per_epoch=4)
+        return optimizer.param_groups[0]["lr"], model.weight.detach().clone()
+
+    lr, weight = one_step(TrainConfig(lr=0.1), step=0)  # labml's recipe: untouched
+    assert lr == 0.1 and torch.allclose(weight, torch.tensor([[-0.3, -0.4]]))
+    lr, weight = one_step(TrainConfig(lr=0.1, warmup_epochs=1.0, grad_clip=1.0), step=0)
+    # warm-up: step 1 of 4 -> lr / 4; clipping: gradient scaled to norm 1 -> (0.6, 0.8)
+    assert lr == pytest.approx(0.025) and torch.allclose(weight, -0.025 * torch.tensor([[0.6, 0.8]]), atol=1e-6)
+    lr, _ = one_step(TrainConfig(lr=0.1, warmup_epochs=1.0), step=9)  # cosine end: min ratio 0.01
+    assert lr == pytest.approx(0.1 * (0.01 + 0.99 * 0.5 * (1 + math.cos(math.pi * 5 / 6))))

@@ -32,7 +32,7 @@ from torch import Tensor, nn
 
 from clearmamba.evaluation import spearman
 from clearmamba.experiments.edl_mnist import evaluate_method
-from clearmamba.experiments.training import EvidenceStatistics, TrainConfig, make_optimizer
+from clearmamba.experiments.training import EvidenceStatistics, TrainConfig, make_optimizer, optimizer_step
 from clearmamba.uncertainty import (
     Constant,
     DensityAwareEvidence,
@@ -78,6 +78,8 @@ class EDLVariantsConfig:
     test_size: int | None = None
     ood_size: int | None = None
     letters_per_class: int = 1000
+    warmup_epochs: float = 0.0  # > 0: warm-up + cosine lr and clipping (angiography; see experiments.training)
+    grad_clip: float = 0.0
     seed: int = 0
     quick: bool = False
 
@@ -98,7 +100,8 @@ class EDLVariantsConfig:
 
             demo = DemoConfig()
             overrides = {"epochs": float(demo.epochs), "batch_size": demo.batch_size, "lr": demo.lr,
-                         "weight_decay": 0.05, "decoupled_weight_decay": True, **overrides}
+                         "weight_decay": 0.05, "decoupled_weight_decay": True, "warmup_epochs": 1.0,
+                         "grad_clip": 1.0, **overrides}  # clearmamba.training.TrainConfig's schedule
         return cls(data=data, **overrides)
 
     def __post_init__(self) -> None:
@@ -116,7 +119,8 @@ class EDLVariantsConfig:
             raise ValueError(f"ensemble_size must be >= 2, got {self.ensemble_size}")
 
     def train_config(self, seed: int) -> TrainConfig:
-        return TrainConfig(self.epochs, self.batch_size, self.lr, self.weight_decay, self.decoupled_weight_decay, seed)
+        return TrainConfig(self.epochs, self.batch_size, self.lr, self.weight_decay, self.decoupled_weight_decay, seed,
+                           self.warmup_epochs, self.grad_clip)
 
 
 def variant_loss(config: EDLVariantsConfig, variant: str) -> nn.Module:
@@ -153,7 +157,7 @@ def train_network(model: nn.Module, loss_fn, inputs: tuple[Tensor, ...], labels:
         loss = loss_fn(prediction, labels[batch], epoch=step / steps_per_epoch)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
-        optimizer.step()
+        optimizer_step(model, optimizer, config, step, total_steps, steps_per_epoch)
         stats.update(prediction, labels[batch])
         step += 1
         if on_step is not None:
