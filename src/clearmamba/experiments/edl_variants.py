@@ -200,6 +200,7 @@ class MemberEnsemble(nn.Module):
 def _cache_key(config: EDLVariantsConfig, name: str, seed: int) -> dict:
     settings = {k: v for k, v in asdict(config).items()
                 if k in ("data", "epochs", "batch_size", "lr", "weight_decay", "decoupled_weight_decay", "evidence",
+                         "warmup_epochs", "grad_clip",
                          "val_size", "train_size", "quick")}  # fmt: skip
     if name in ("edl_fixed", "edl_fixed_keep"):
         settings["kl_weight"] = config.kl_weight
