@@ -32,7 +32,7 @@ from torch import Tensor, nn
 
 from clearmamba.evaluation import spearman
 from clearmamba.experiments.edl_mnist import evaluate_method
-from clearmamba.experiments.training import EvidenceStatistics, TrainConfig, make_optimizer, optimizer_step
+from clearmamba.experiments.training import TrainConfig, train_on_tensors
 from clearmamba.uncertainty import (
     Constant,
     DensityAwareEvidence,
@@ -138,37 +138,6 @@ def variant_loss(config: EDLVariantsConfig, variant: str) -> nn.Module:
 
 
 # ---- training (inputs are tuples of tensors so exams can carry times and masks) -------------------------
-def train_network(model: nn.Module, loss_fn, inputs: tuple[Tensor, ...], labels: Tensor, config: TrainConfig,
-                  on_step: Callable[[int], None] | None = None) -> list[dict[str, float]]:  # fmt: skip
-    """``experiments.training.train`` for multi-tensor inputs: same batches, statistics and optimiser."""
-    generator = torch.Generator().manual_seed(config.seed)
-    optimizer = make_optimizer(model, config)
-    n = len(labels)
-    steps_per_epoch = max(1, -(-n // config.batch_size))
-    total_steps = max(1, round(config.epochs * steps_per_epoch))
-    history, stats, order, step = [], EvidenceStatistics(), torch.empty(0, dtype=torch.long), 0
-    model.train()
-    while step < total_steps:
-        position = step % steps_per_epoch
-        if position == 0:
-            order = torch.randperm(n, generator=generator)
-        batch = order[position * config.batch_size : (position + 1) * config.batch_size]
-        prediction = as_prediction(model(*(x[batch] for x in inputs)))
-        loss = loss_fn(prediction, labels[batch], epoch=step / steps_per_epoch)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer_step(model, optimizer, config, step, total_steps, steps_per_epoch)
-        stats.update(prediction, labels[batch])
-        step += 1
-        if on_step is not None:
-            on_step(1)
-        if step % steps_per_epoch == 0 or step == total_steps:
-            history.append({"epoch": step / steps_per_epoch, "loss": loss.item(), **stats.compute()})
-            stats = EvidenceStatistics()
-    model.eval()
-    return history
-
-
 @torch.no_grad()
 def predict(model: Callable, inputs: tuple[Tensor, ...], batch_size: int = 500) -> Prediction:
     if isinstance(model, nn.Module):
@@ -241,7 +210,7 @@ def train_or_load(config: EDLVariantsConfig, task: dict, out: Path, progress=Non
             bar = progress.add_task(f"train {name}", total=steps) if progress is not None else None
             on_step = (lambda n, bar=bar: progress.advance(bar, n)) if progress is not None else None
             start = time.perf_counter()
-            history = train_network(model, loss_fn, inputs, labels, config.train_config(seed), on_step)
+            history = train_on_tensors(model, loss_fn, inputs, labels, config.train_config(seed), on_step)
             logs[name] = {"history": history, "seconds": time.perf_counter() - start}
             tmp = weights.with_name(weights.name + ".tmp")
             save_file({k: v.contiguous() for k, v in model.state_dict().items()}, tmp)

@@ -104,9 +104,21 @@ def train(
     """
     if len(images) != len(labels):
         raise ValueError(f"{len(images)} images but {len(labels)} labels")
+    return train_on_tensors(model, loss_fn, (images,), labels, config, on_step)
+
+
+def train_on_tensors(
+    model: nn.Module,
+    loss_fn: LossFn,
+    inputs: tuple[Tensor, ...],
+    labels: Tensor,
+    config: TrainConfig,
+    on_step: Callable[[int], None] | None = None,
+) -> list[dict[str, float]]:
+    """:func:`train` for models taking several tensors (exams: frames, times, mask), batched alike."""
     generator = torch.Generator().manual_seed(config.seed)
     optimizer = make_optimizer(model, config)
-    n = len(images)
+    n = len(labels)
     steps_per_epoch = max(1, -(-n // config.batch_size))
     total_steps = max(1, round(config.epochs * steps_per_epoch))
     history: list[dict[str, float]] = []
@@ -117,7 +129,7 @@ def train(
         if position == 0:
             order = torch.randperm(n, generator=generator)
         batch = order[position * config.batch_size : (position + 1) * config.batch_size]
-        prediction = as_prediction(model(images[batch]))
+        prediction = as_prediction(model(*(x[batch] for x in inputs)))
         loss = loss_fn(prediction, labels[batch], epoch=step / steps_per_epoch)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
