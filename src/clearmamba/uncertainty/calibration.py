@@ -10,6 +10,7 @@ One temperature T > 0 (optimised as log T) rescales whatever the prediction carr
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import replace
 
 import torch
@@ -44,6 +45,20 @@ def negative_log_likelihood(probs: Tensor, labels: Tensor) -> Tensor:
     return -picked.clamp_min(torch.finfo(probs.dtype).tiny).log().mean()
 
 
+def fit_by_nll(parameters: list[Tensor], probs_of: Callable[[], Tensor], labels: Tensor, max_iter: int = 200) -> None:
+    """Fit post-hoc ``parameters`` by LBFGS on the NLL of ``probs_of()`` (temperature and evidence scaling)."""
+    optimizer = torch.optim.LBFGS(parameters, lr=0.1, max_iter=max_iter, line_search_fn="strong_wolfe")
+
+    def closure():
+        optimizer.zero_grad()
+        loss = negative_log_likelihood(probs_of(), labels)
+        loss.backward()
+        return loss
+
+    with torch.enable_grad():
+        optimizer.step(closure)
+
+
 class TemperatureScaler(nn.Module):
     """Fit with ``fit(prediction_or_logits, labels)`` on validation data, then call on new predictions."""
 
@@ -61,16 +76,8 @@ class TemperatureScaler(nn.Module):
         prediction = as_prediction(prediction).detach()
         if labels.shape != (len(prediction),):
             raise ValueError(f"labels must be [{len(prediction)}], got {tuple(labels.shape)}")
-        optimizer = torch.optim.LBFGS([self.log_temperature], lr=0.1, max_iter=max_iter, line_search_fn="strong_wolfe")
-
-        def closure():
-            optimizer.zero_grad()
-            loss = negative_log_likelihood(scaled(prediction, self.log_temperature.exp()).probs, labels)
-            loss.backward()
-            return loss
-
-        with torch.enable_grad():
-            optimizer.step(closure)
+        fit_by_nll([self.log_temperature], lambda: scaled(prediction, self.log_temperature.exp()).probs, labels,
+                   max_iter)  # fmt: skip
         return self
 
     def forward(self, prediction) -> Prediction:

@@ -17,7 +17,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from clearmamba.uncertainty.calibration import negative_log_likelihood
+from clearmamba.uncertainty.calibration import fit_by_nll
 from clearmamba.uncertainty.evidence import get_evidence_fn
 from clearmamba.uncertainty.outputs import as_prediction
 from clearmamba.uncertainty.prediction import Prediction
@@ -78,16 +78,7 @@ class EvidenceScaler(nn.Module):
         if labels.shape != (len(prediction),):
             raise ValueError(f"labels must be [{len(prediction)}], got {tuple(labels.shape)}")
         parameters = [self.log_scale] + ([self.log_temperature] if self.fit_temperature else [])
-        optimizer = torch.optim.LBFGS(parameters, lr=0.1, max_iter=max_iter, line_search_fn="strong_wolfe")
-
-        def closure():
-            optimizer.zero_grad()
-            loss = negative_log_likelihood(self._scaled(prediction).probs, labels)
-            loss.backward()
-            return loss
-
-        with torch.enable_grad():
-            optimizer.step(closure)
+        fit_by_nll(parameters, lambda: self._scaled(prediction).probs, labels, max_iter)
         return self
 
     def forward(self, prediction) -> Prediction:
