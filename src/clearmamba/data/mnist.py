@@ -214,11 +214,8 @@ def load_mnist(split: str = "test") -> ExamSet:
 
 
 def md5sum(path: str | Path) -> str:
-    digest = hashlib.md5()
     with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
+        return hashlib.file_digest(handle, "md5").hexdigest()
 
 
 def load_medmnist_npz(
@@ -258,8 +255,8 @@ def load_medmnist_npz(
         if len(images) != expected_n:
             raise DataError(f"{path}: {len(images)} {split} images; expected {expected_n} for {flag}")
         class_names = tuple(info["label"][str(k)] for k in range(len(info["label"])))
-        if images.shape[1] == 28 and info.get("MD5") and md5sum(path) != info["MD5"]:
-            raise DataError(f"{path}: MD5 {md5sum(path)} differs from {info['MD5']} listed for {flag}")
+        if images.shape[1] == 28 and info.get("MD5") and (actual := md5sum(path)) != info["MD5"]:
+            raise DataError(f"{path}: MD5 {actual} differs from {info['MD5']} listed for {flag}")
     return images_to_examset(images, labels, class_names, f"{flag or path.stem}_{split}", str(path))
 
 
