@@ -50,7 +50,7 @@ def train_model(
     config = build_checkpoint_config(train_set, arch, model_kwargs, data_spec)
     Trainer(model, cfg, out, config).fit(train_set, val_set, resume=resume)
     model, config = load_model(out)
-    if cfg.posthoc and getattr(model, "cfg", None) is not None and getattr(model.cfg, "head", "") == "evidential":
+    if cfg.posthoc and getattr(getattr(model, "cfg", None), "head", None) == "evidential":
         from .posthoc import fit_posthoc, save_posthoc
 
         model, record = fit_posthoc(model, train_set, val_set, cfg.eval_batch_size)
