@@ -24,7 +24,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from clearmamba.uncertainty import Constant, EpochLinear, EvidentialLoss, Prediction, SoftmaxCrossEntropy
+from clearmamba.uncertainty import Prediction, SoftmaxCrossEntropy, create_evidential_loss
 
 from . import checkpoint as ckpt
 from .distributed import DistributedContext
@@ -78,8 +78,8 @@ def warmup_cosine(step: int, total_steps: int, warmup_steps: int, min_ratio: flo
 def make_loss(model: nn.Module, cfg: TrainConfig) -> nn.Module:
     head = getattr(getattr(ckpt.unwrap(model), "cfg", None), "head", "evidential")
     if head == "evidential":
-        annealing = EpochLinear(cfg.anneal_epochs) if cfg.anneal_epochs > 0 else Constant(1.0)
-        return EvidentialLoss(cfg.evidential_loss, cfg.kl_weight, annealing, remove_target=cfg.remove_target)
+        return create_evidential_loss("edl", loss=cfg.evidential_loss, kl_weight=cfg.kl_weight,
+                                      kl_anneal_epochs=cfg.anneal_epochs, remove_target=cfg.remove_target)
     return SoftmaxCrossEntropy()
 
 
