@@ -23,6 +23,7 @@ import numpy as np
 import torch
 
 from clearmamba.active import ACQUISITIONS, acquisition_scores, select_top_k
+from clearmamba.atomic import atomic_write_text
 from clearmamba.experiments.lenet import lenet
 from clearmamba.experiments.training import TrainConfig, predict, to_tensor, train
 from clearmamba.uncertainty import EvidentialLoss, PiecewiseLinear, SoftmaxCrossEntropy
@@ -188,16 +189,12 @@ def run(config: ActiveConfig, out_dir: str | os.PathLike, progress=None, log: Ca
     figures.learning_curves(curves, out / "learning_curves.png", title)
     payload = {"config": asdict(config), "torch_threads": torch.get_num_threads(),
                "wall_seconds": time.perf_counter() - start, "summary": summary, "curves": curves}
-    tmp = out / "curves.json.tmp"
-    tmp.write_text(json.dumps(payload, indent=2))
-    os.replace(tmp, out / "curves.json")
+    atomic_write_text(out / "curves.json", json.dumps(payload, indent=2))
     lines = ["| acquisition | labels | final accuracy, mean (min-max over seeds) | mean accuracy over the curve |",
              "|---|---|---|---|"]
     for name, s in summary.items():
         lines.append(f"| {name} | {s['final_labels']} | {100 * s['final_accuracy_mean']:.2f} % "
                      f"({100 * s['final_accuracy_min']:.2f}-{100 * s['final_accuracy_max']:.2f}) | "
                      f"{100 * s['mean_accuracy_over_curve']:.2f} % |")
-    tmp = out / "summary.md.tmp"
-    tmp.write_text("\n".join(lines) + "\n")
-    os.replace(tmp, out / "summary.md")
+    atomic_write_text(out / "summary.md", "\n".join(lines) + "\n")
     return payload

@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from clearmamba.atomic import atomic_write_text
 from clearmamba.evaluation import ood_metrics_by_set, spearman, summarize
 from clearmamba.experiments.lenet import lenet
 from clearmamba.experiments.rotation import rotation_series
@@ -226,9 +227,7 @@ def rotating_digit(models: dict[str, Callable], raw_test: np.ndarray, labels: to
 
 
 def _write_json(path: Path, payload: dict) -> None:
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(payload, indent=2, default=float))
-    os.replace(tmp, path)
+    atomic_write_text(path, json.dumps(payload, indent=2, default=float))
 
 
 def run(config: EDLMnistConfig, out_dir: str | os.PathLike, progress=None, log: Callable[[str], None] = print) -> dict:
@@ -269,7 +268,5 @@ def run(config: EDLMnistConfig, out_dir: str | os.PathLike, progress=None, log: 
     }
     _write_json(out / "results.json", payload)
     table = figures.markdown_tables(results, config.ood_sets)
-    tmp = out / "table.md.tmp"
-    tmp.write_text(table)
-    os.replace(tmp, out / "table.md")
+    atomic_write_text(out / "table.md", table)
     return payload

@@ -30,6 +30,7 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
+from clearmamba.atomic import atomic_write_bytes, atomic_write_text
 from clearmamba.evaluation import spearman
 from clearmamba.experiments.edl_mnist import evaluate_method
 from clearmamba.experiments.training import TrainConfig, train_on_tensors
@@ -180,15 +181,9 @@ def _cache_key(config: EDLVariantsConfig, name: str, seed: int) -> dict:
     return {"name": name, "seed": seed, **settings}
 
 
-def _write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
 def train_or_load(config: EDLVariantsConfig, task: dict, out: Path, progress=None, log=print):
     """Every network the study needs, trained once: ``softmax_<m>`` members and one per variant."""
-    from safetensors.torch import load_file, save_file
+    from safetensors.torch import load_file, save
 
     (inputs, labels), cache = task["train"], out / "models"
     cache.mkdir(parents=True, exist_ok=True)
@@ -212,10 +207,8 @@ def train_or_load(config: EDLVariantsConfig, task: dict, out: Path, progress=Non
             start = time.perf_counter()
             history = train_on_tensors(model, loss_fn, inputs, labels, config.train_config(seed), on_step)
             logs[name] = {"history": history, "seconds": time.perf_counter() - start}
-            tmp = weights.with_name(weights.name + ".tmp")
-            save_file({k: v.contiguous() for k, v in model.state_dict().items()}, tmp)
-            os.replace(tmp, weights)
-            _write_text(meta, json.dumps({"key": key, "log": logs[name]}, indent=1))
+            atomic_write_bytes(weights, save({k: v.contiguous() for k, v in model.state_dict().items()}))
+            atomic_write_text(meta, json.dumps({"key": key, "log": logs[name]}, indent=1))
             last = history[-1]
             log(f"{name}: {logs[name]['seconds']:.0f} s, train accuracy {last['accuracy']:.4f}")
         models[name] = model.eval()
@@ -341,6 +334,6 @@ def run(config: EDLVariantsConfig, out_dir: str | os.PathLike, progress=None, lo
         "results": results,
         "goal": goal_check(results),
     }
-    _write_text(out / "results.json", json.dumps(payload, indent=1, default=float))
-    _write_text(out / "table.md", markdown_table(payload))
+    atomic_write_text(out / "results.json", json.dumps(payload, indent=1, default=float))
+    atomic_write_text(out / "table.md", markdown_table(payload))
     return payload

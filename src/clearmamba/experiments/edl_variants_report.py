@@ -6,6 +6,8 @@ import math
 import os
 from pathlib import Path
 
+from clearmamba.atomic import atomic_write_text
+
 TITLES = {
     "softmax": "softmax",
     "softmax_ts": "softmax + temperature scaling",
@@ -72,6 +74,4 @@ def write_doc_section(doc: str | os.PathLike, section: str, text: str) -> None:
         raise ValueError(f"{path}: expected the markers {start!r} ... {end!r} around section {section!r}")
     head, rest = content.split(start, 1)
     _, tail = rest.split(end, 1)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(f"{head}{start}\n{text.rstrip()}\n{end}{tail}")
-    os.replace(tmp, path)
+    atomic_write_text(path, f"{head}{start}\n{text.rstrip()}\n{end}{tail}")
