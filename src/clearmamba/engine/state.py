@@ -13,6 +13,8 @@ import sqlite3
 import time
 from pathlib import Path
 
+from clearmamba.atomic import atomic_write_bytes
+
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta(key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS sources(
@@ -38,14 +40,7 @@ EYES, MODALITIES = ("OD", "OS"), ("FFA", "ICGA")
 
 def write_private(path: Path, data: bytes) -> None:
     """Atomic write of a file only the owner can read (0600)."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "wb") as fh:
-        fh.write(data)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.chmod(tmp, 0o600)
-    os.replace(tmp, path)
+    atomic_write_bytes(path, data, mode=0o600)
 
 
 def write_atomic(path: Path, data: bytes) -> None:

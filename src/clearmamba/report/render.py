@@ -8,13 +8,13 @@ from __future__ import annotations
 
 import datetime as dt
 import os
-import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 from torch import Tensor
 
+from clearmamba.atomic import atomic_write_text
 from clearmamba.report import figures as fg
 from clearmamba.report.metrics import compute_report_metrics, main_set, score_label, single_thread
 from clearmamba.report.sections import (
@@ -204,21 +204,6 @@ def render_report(
     return "\n".join(p for p in parts if p)
 
 
-def _write_atomic(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o644)  # mkstemp creates 0600; a report is meant to be shared
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def write_report(
     path: str | os.PathLike,
     predictions: Mapping[str, Mapping[str, Prediction]],
@@ -268,5 +253,5 @@ def write_report(
             metadata=metadata,
         )
     out = Path(path)
-    _write_atomic(out, page)
+    atomic_write_text(out, page, mode=0o644)  # a report is meant to be shared
     return out
