@@ -1,10 +1,19 @@
 import json
 
 import pytest
+import torch
 from typer.testing import CliRunner
 
 from clearmamba.cli.main import app
-from clearmamba.experiments.edl_variants import EDLVariantsConfig, goal_check
+from clearmamba.experiments.edl_variants import (
+    EDLVariantsConfig,
+    _cache_key,
+    _comparable,
+    goal_check,
+    sharpest_calibrated_wrong_median,
+    sharpest_calibration,
+)
+from clearmamba.uncertainty import Prediction
 
 
 def _result(accuracy, ece, wrong, right, ood_auroc, entropy_auroc=None):
@@ -28,6 +37,41 @@ def test_goal_check_uses_the_ensembles_better_score():
     assert not goal["methods"]["x"]["ood"] and goal["methods"]["x"]["passed"] == 5
     assert goal["methods"]["y"]["all"]
     assert not goal["methods"]["ensemble"]["single_pass"]
+
+
+def test_sharpest_calibration_pools_violators_by_hand():
+    # sorted by confidence, correctness 0 1 0 0 1 1: the block (1, 0, 0) violates order and pools to 1/3
+    confidence = torch.tensor([0.1, 0.2, 0.3, 0.4, 0.5, 0.6])
+    correct = torch.tensor([0, 1, 0, 0, 1, 1])
+    expected = torch.tensor([0.0, 1 / 3, 1 / 3, 1 / 3, 1.0, 1.0], dtype=torch.float64)
+    torch.testing.assert_close(sharpest_calibration(confidence, correct), expected)
+
+
+def test_sharpest_calibration_is_calibrated_and_monotone():
+    g = torch.Generator().manual_seed(0)
+    confidence = torch.rand(2000, generator=g)
+    correct = torch.rand(2000, generator=g) < confidence**0.5
+    calibrated = sharpest_calibration(confidence, correct)
+    order = confidence.argsort()
+    assert bool((calibrated[order].diff() >= -1e-12).all())
+    for level in calibrated.unique():  # every level is the accuracy of the samples mapped to it
+        members = calibrated == level
+        assert correct[members].double().mean().item() == pytest.approx(level.item(), abs=1e-9)
+
+
+def test_sharpest_calibrated_wrong_median_on_a_separable_ranking():
+    # every mistake is less confident than every right answer: the oracle puts mistakes at accuracy 0
+    probs = torch.tensor([[0.9, 0.1], [0.8, 0.2], [0.6, 0.4], [0.55, 0.45]])
+    labels = torch.tensor([0, 0, 1, 1])
+    assert sharpest_calibrated_wrong_median(Prediction(probs=probs), labels) == 0.0
+
+
+def test_cache_keys_of_runs_before_the_schedule_options_still_match():
+    config = EDLVariantsConfig()
+    old = {**_cache_key(config, "softmax_0", 0), "warmup_epochs": 0.0, "grad_clip": 0.0}
+    assert _comparable(old) == _cache_key(config, "softmax_0", 0)
+    scheduled = EDLVariantsConfig(warmup_epochs=1.0, grad_clip=1.0)
+    assert _cache_key(scheduled, "softmax_0", 0) != _cache_key(config, "softmax_0", 0)
 
 
 def test_config_rejects_unknown_names():

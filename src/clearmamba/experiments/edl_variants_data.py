@@ -66,6 +66,9 @@ def angiography_task(config) -> dict:
 
     demo = QUICK if config.quick else DemoConfig()
     sizes = {k: getattr(demo, k) for k in ("n_train", "n_val", "n_test", "n_heldout", "n_ood")}
+    # each set is simulated from its own seed, so larger test / OOD sets leave the training exams unchanged
+    sizes["n_test"] = config.test_size or sizes["n_test"]
+    sizes["n_ood"] = config.ood_size or sizes["n_ood"]
     sets = load_builtin(sizes, size=demo.size, frames=demo.frames, seed=config.seed, classes=demo.classes)
 
     def inputs(exams) -> tuple[torch.Tensor, ...]:
