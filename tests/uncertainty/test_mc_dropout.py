@@ -40,14 +40,38 @@ def test_head_only_equals_full_mode_when_dropout_is_only_in_the_head(build, x, k
     torch.manual_seed(0)
     model = build().eval()
     full = _same_seed_samples(model, x, "full")
-    head = _same_seed_samples(model, x, "head", **kw)
-    # same seed, deterministic trunk -> the head draws identical masks in the same order
+    head = _same_seed_samples(model, x, "head", batched=False, **kw)
+    # same seed, deterministic trunk -> the looped head draws identical masks in the same order
     assert full.members.shape == (12, 5, 3)
     torch.testing.assert_close(head.members, full.members, rtol=0, atol=1e-6)
     for name in ("entropy", "expected_entropy", "mutual_info"):
         torch.testing.assert_close(head.score(name), full.score(name), rtol=0, atol=1e-6)
     # and the samples really are stochastic
     assert full.members.std(0).max() > 1e-3
+
+
+def test_batched_head_samples_have_the_closed_form_dropout_variance():
+    # 2 classes, head = Linear(dropout(f)): log(p1 / p0) = w . (m * f) / (1 - p) + c with Bernoulli(1 - p) masks m,
+    # so over samples its mean is w . f + c and its variance is p / (1 - p) * sum_j (w_j f_j)^2, per row
+    torch.manual_seed(0)
+    p, t = 0.3, 4000
+    model = nn.Sequential(nn.Linear(4, 6), nn.Tanh(), nn.Dropout(p), nn.Linear(6, 2)).eval()
+    x = torch.randn(3, 4)
+    batched = MCDropout(model, num_samples=t, mode="head").eval()(x)
+    looped = MCDropout(model, num_samples=t, mode="head", batched=False).eval()(x)
+    features = model[:2](x)
+    w = model[3].weight[1] - model[3].weight[0]
+    with torch.no_grad():
+        expected_mean = model(x)[:, 1] - model(x)[:, 0]
+        expected_var = p / (1 - p) * ((w * features) ** 2).sum(-1)
+    for samples in (batched, looped):
+        log_odds = (samples.members[..., 1] / samples.members[..., 0]).log()  # [t, b]
+        stderr = (expected_var / t).sqrt()
+        assert ((log_odds.mean(0) - expected_mean).abs() < 5 * stderr).all()
+        torch.testing.assert_close(log_odds.var(0), expected_var, rtol=0.1, atol=1e-6)
+    # rows are masked independently: two copies of one input do not get the same samples
+    twin = MCDropout(model, num_samples=8, mode="head").eval()(x[:1].repeat(2, 1)).members
+    assert (twin[:, 0] - twin[:, 1]).abs().max() > 1e-3
 
 
 def test_functional_dropout_is_sampled():

@@ -12,8 +12,10 @@ Two modes:
 
 - ``full``: T complete passes.
 - ``head``: the deterministic trunk runs once, only the head (the part from the first dropout on) runs T
-  times. With a deterministic trunk, the head draws the same dropout masks in the same order as full mode,
-  so under the same seed both modes return identical samples, at the cost of one trunk pass.
+  times. By default the T head passes are one call on the head input repeated T times along the batch
+  (``[T*b, ...]``): independent masks per row, so the same distribution, without T Python round trips, which
+  cost more than a small head itself. With ``batched=False`` the head runs T times and draws the same masks
+  in the same order as full mode, so under the same seed both modes return identical samples.
   The head is found in this order: an explicit ``head="module.name"``; an ``nn.Sequential`` split before
   its first child holding dropout; ``forward_features`` / ``forward_head`` (timm, clearmamba models); the
   smallest submodule holding every dropout module whose output is the model's output.
@@ -84,6 +86,19 @@ def _members(outputs: list) -> Prediction:
     return Prediction.from_members(torch.stack([p.probs for p in predictions]), extra=extra)
 
 
+def _repeatable(head_input: tuple, batch: int) -> bool:
+    # a hook-found head may take non-tensor arguments; only batch-first tensors can be repeated safely
+    return all(isinstance(h, Tensor) and h.ndim >= 1 and len(h) == batch for h in head_input)
+
+
+def _members_of_batched(output, t: int, batch: int) -> Prediction:
+    # one head call on [(t b), ...] -> members [t, b, k]; method scores are averaged over the t passes
+    prediction = as_prediction(output)
+    members = prediction.probs.reshape(t, batch, *prediction.probs.shape[1:])
+    extra = {k: v.reshape(t, batch, *v.shape[1:]).mean(0) for k, v in prediction.extra.items()}
+    return Prediction.from_members(members, extra=extra)
+
+
 class MCDropout(nn.Module):
     """Wrap a classifier so that eval-mode calls return a ``Prediction`` with ``T`` dropout samples.
 
@@ -97,6 +112,7 @@ class MCDropout(nn.Module):
         mode: str = "full",
         head: str | None = None,
         functional: bool = True,
+        batched: bool = True,
     ) -> None:
         super().__init__()
         if num_samples < 1:
@@ -110,6 +126,7 @@ class MCDropout(nn.Module):
         self.mode = mode
         self.head = head
         self.functional = functional
+        self.batched = batched
 
     def forward(self, x: Tensor):
         if self.training:
@@ -122,6 +139,10 @@ class MCDropout(nn.Module):
             outputs = [self._stochastic(self.model, x) for _ in range(t)]
         else:
             head, head_input = self._run_trunk(x)
+            batch = len(x)
+            if self.batched and _repeatable(head_input, batch):
+                repeated = [h.repeat(t, *[1] * (h.ndim - 1)) for h in head_input]  # (t b) ... in t-major order
+                return _members_of_batched(self._stochastic(head, *repeated), t, batch)
             outputs = [self._stochastic(head, *head_input) for _ in range(t)]
         return _members(outputs)
 
