@@ -70,6 +70,12 @@ def test_cache_keys_of_runs_before_the_schedule_options_still_match():
     config = EDLVariantsConfig()
     old = {**_cache_key(config, "softmax_0", 0), "warmup_epochs": 0.0, "grad_clip": 0.0}
     assert _comparable(old) == _cache_key(config, "softmax_0", 0)
+    # softmax members do not depend on the evidence activation, variants do
+    exp = EDLVariantsConfig(evidence="exp")
+    assert _cache_key(exp, "softmax_0", 0) == _cache_key(config, "softmax_0", 0)
+    assert _cache_key(exp, "redl", 0) != _cache_key(config, "redl", 0)
+    stored = {**_cache_key(config, "softmax_0", 0), "evidence": "softplus"}  # written before the key dropped it
+    assert _comparable(stored) == _cache_key(exp, "softmax_0", 0)
     scheduled = EDLVariantsConfig(warmup_epochs=1.0, grad_clip=1.0)
     assert _cache_key(scheduled, "softmax_0", 0) != _cache_key(config, "softmax_0", 0)
 
@@ -79,6 +85,8 @@ def test_config_rejects_unknown_names():
         EDLVariantsConfig(variants=("edl_fixed", "nope"))
     with pytest.raises(ValueError, match="data must be"):
         EDLVariantsConfig(data="cifar")
+    with pytest.raises(ValueError, match="unknown evidence"):
+        EDLVariantsConfig(evidence="sigmoid")
 
 
 @pytest.mark.slow

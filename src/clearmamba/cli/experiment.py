@@ -92,6 +92,8 @@ def edl_variants(
     kl_weight: Annotated[float, typer.Option(help="Fixed KL weight of edl_fixed / edl_fixed_keep.")] = 0.005,
     prior_weight: Annotated[float, typer.Option(help="R-EDL prior weight lambda.")] = 0.1,
     fisher_weight: Annotated[float, typer.Option(help="I-EDL log-det Fisher weight.")] = 0.005,
+    evidence: Annotated[str, typer.Option(help="Evidence activation of the variants: softplus, exp or relu.")] = (
+        "softplus"),
     coupled_l2: Annotated[bool, typer.Option("--coupled-l2/--decoupled", help="Adam + L2 in the gradient (issue "
                                              "10's measurement, default) or AdamW.")] = True,
     weight_decay: Annotated[float | None, typer.Option(help="Weight decay (default 5e-3).")] = None,
@@ -115,7 +117,7 @@ def edl_variants(
     overrides = {k: v for k, v in {"epochs": epochs, "ensemble_size": ensemble_size, "train_size": train_size,
                                    "weight_decay": weight_decay}.items() if v is not None}
     overrides.update(variants=_split(variants, "variants"), seed=seed, kl_weight=kl_weight,
-                     prior_weight=prior_weight, fisher_weight=fisher_weight, data=data)
+                     prior_weight=prior_weight, fisher_weight=fisher_weight, data=data, evidence=evidence)
     overrides["posthoc"] = () if posthoc.strip() == "none" else _split(posthoc, "posthoc")
     if data == "mnist" or quick:
         overrides["decoupled_weight_decay"] = not coupled_l2

@@ -118,6 +118,10 @@ class EDLVariantsConfig:
         bad = [p for p in self.posthoc if p not in POSTHOC]
         if bad:
             raise ValueError(f"unknown post-hoc step(s) {bad}; expected some of {POSTHOC}")
+        from clearmamba.uncertainty.evidence import EVIDENCE_FUNCTIONS
+
+        if self.evidence not in EVIDENCE_FUNCTIONS:
+            raise ValueError(f"unknown evidence {self.evidence!r}; expected one of {sorted(EVIDENCE_FUNCTIONS)}")
         if self.ensemble_size < 2:
             raise ValueError(f"ensemble_size must be >= 2, got {self.ensemble_size}")
 
@@ -174,6 +178,8 @@ def _cache_key(config: EDLVariantsConfig, name: str, seed: int) -> dict:
                 if k in ("data", "epochs", "batch_size", "lr", "weight_decay", "decoupled_weight_decay", "evidence",
                          "warmup_epochs", "grad_clip",
                          "val_size", "train_size", "quick")}  # fmt: skip
+    if name.startswith("softmax_"):
+        del settings["evidence"]  # a softmax member has no evidence: runs that differ only there share members
     if name in ("edl_fixed", "edl_fixed_keep"):
         settings["kl_weight"] = config.kl_weight
     if name == "redl":
@@ -186,7 +192,11 @@ def _cache_key(config: EDLVariantsConfig, name: str, seed: int) -> dict:
 
 def _comparable(key: dict) -> dict:
     # networks trained before the schedule options existed trained without them; zero means the same run
-    return {k: v for k, v in key.items() if not (k in ("warmup_epochs", "grad_clip") and v == 0)}
+    # and softmax members cached before their keys dropped the evidence activation are the same networks
+    key = {k: v for k, v in key.items() if not (k in ("warmup_epochs", "grad_clip") and v == 0)}
+    if str(key.get("name", "")).startswith("softmax_"):
+        key.pop("evidence", None)
+    return key
 
 
 def train_or_load(config: EDLVariantsConfig, task: dict, out: Path, progress=None, log=print):
