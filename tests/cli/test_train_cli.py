@@ -100,3 +100,19 @@ def test_demo_quick_trains_three_models_and_writes_the_report(tmp_path):
         assert len(rows) >= 1  # it really trained
     html = (out / "report.html").read_text()
     assert html.startswith("<!DOCTYPE html>") and "data:image/png;base64" in html
+
+
+def test_train_evidence_option_reaches_the_head_and_the_posthoc_scaling(tmp_path):
+    from clearmamba.training import load_model
+
+    write_npz(tmp_path / "data.npz")
+    run = tmp_path / "run"
+    args = ["train", "--data", str(tmp_path / "data.npz"), "--out", str(run), "--epochs", "1", "--batch-size", "8",
+            "--evidence", "exp"]  # fmt: skip
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    config = json.loads((run / "checkpoint" / "model.json").read_text())
+    assert config["model_kwargs"]["evidence"] == "exp"
+    model, _ = load_model(run / "checkpoint")
+    scaler = next(m for m in model.modules() if type(m).__name__ == "EvidenceScaler")
+    assert scaler.evidence == "exp"

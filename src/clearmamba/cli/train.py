@@ -21,6 +21,8 @@ def train(
     batch_size: Annotated[int, typer.Option()] = 16,
     lr: Annotated[float, typer.Option()] = 1e-3,
     kl_weight: Annotated[float, typer.Option(help="lambda of the evidential KL term")] = 0.05,
+    evidence: Annotated[str, typer.Option(help="RaP's evidence activation: softplus, exp (try it when RaP trains "
+                                               "far below a softmax twin, docs/methods.md) or relu")] = "softplus",
     balanced: Annotated[bool, typer.Option(help="class-balanced sampling for long-tailed labels")] = False,
     frame_size: Annotated[int | None, typer.Option(help="frame side in pixels (builtin: 32)")] = None,
     target_risk: Annotated[float, typer.Option(help="allowed error on accepted cases")] = 0.05,
@@ -36,6 +38,8 @@ def train(
     cfg = TrainConfig(epochs=epochs, batch_size=batch_size, lr=lr, kl_weight=kl_weight, balanced_sampling=balanced,
                       seed=seed)  # fmt: skip
     options = {"head": head, "temporal": temporal, "hac": hac}
+    if head == "evidential":
+        options["evidence"] = evidence
     _, config = train_model(sets, out, model, options, cfg, target_risk, resume=resume, data_spec=data)
     rule = config["referral"]
     typer.echo(
