@@ -22,7 +22,7 @@ import torch
 
 from clearmamba.atomic import atomic_write_text
 from clearmamba.evaluation import auroc, summarize
-from clearmamba.training.loop import warmup_cosine
+from clearmamba.experiments.training import TrainConfig, make_optimizer, optimizer_step
 from clearmamba.uncertainty import Prediction, SplitConformal, TemperatureScaler, coverage, create_method, mean_set_size
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -83,14 +83,15 @@ def train_method(name, options, data, args, progress):
     x, y = data["train"]
     method = create_method(name, **options)
     steps_per_epoch = -(-len(x) // args.batch)
+    total_steps = args.epochs * steps_per_epoch
+    # clearmamba.training's recipe: AdamW, one epoch of warm-up, cosine decay, gradient norm clipped at 1
+    recipe = TrainConfig(epochs=args.epochs, batch_size=args.batch, lr=args.lr, weight_decay=0.05,
+                         decoupled_weight_decay=True, warmup_epochs=1.0, grad_clip=1.0)  # fmt: skip
     trained = []
     for member in range(method.num_members):
         torch.manual_seed(args.seed + member)
         model = method.prepare(build_backbone(x.shape[1], args.classes, args.patch, args.stem), args.classes, len(x))
-        optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=0.05)
-        # clearmamba.training's schedule: one epoch of warm-up, cosine decay, gradient clipping at norm 1
-        schedule = torch.optim.lr_scheduler.LambdaLR(
-            optimizer, lambda step: warmup_cosine(step, args.epochs * steps_per_epoch, steps_per_epoch, 0.01))
+        optimizer = make_optimizer(model, recipe)
         generator = torch.Generator().manual_seed(args.seed + 100 * member)
         for epoch in range(args.epochs):
             model.train()
@@ -99,9 +100,7 @@ def train_method(name, options, data, args, progress):
                 loss = method.loss(model(xb), yb, epoch=epoch + step / len(loader))
                 optimizer.zero_grad()
                 loss.backward()
-                torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-                optimizer.step()
-                schedule.step()
+                optimizer_step(model, optimizer, recipe, epoch * steps_per_epoch + step, total_steps, steps_per_epoch)
             method.on_epoch_end(model, epoch, args.epochs)
             progress(f"  {name} member {member} epoch {epoch} loss {loss.item():.3f}")
         trained.append(method.finalize(model, [xb for xb, _ in batches(x, y, args.batch)]))
