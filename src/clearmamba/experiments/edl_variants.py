@@ -178,8 +178,6 @@ def _cache_key(config: EDLVariantsConfig, name: str, seed: int) -> dict:
                 if k in ("data", "epochs", "batch_size", "lr", "weight_decay", "decoupled_weight_decay", "evidence",
                          "warmup_epochs", "grad_clip",
                          "val_size", "train_size", "quick")}  # fmt: skip
-    if name.startswith("softmax_"):
-        del settings["evidence"]  # a softmax member has no evidence: runs that differ only there share members
     if name in ("edl_fixed", "edl_fixed_keep"):
         settings["kl_weight"] = config.kl_weight
     if name == "redl":
@@ -191,8 +189,8 @@ def _cache_key(config: EDLVariantsConfig, name: str, seed: int) -> dict:
 
 
 def _comparable(key: dict) -> dict:
-    # networks trained before the schedule options existed trained without them; zero means the same run
-    # and softmax members cached before their keys dropped the evidence activation are the same networks
+    # networks trained before the schedule options existed trained without them: zero means the same run;
+    # a softmax member has no evidence activation, so runs that differ only there share their members
     key = {k: v for k, v in key.items() if not (k in ("warmup_epochs", "grad_clip") and v == 0)}
     if str(key.get("name", "")).startswith("softmax_"):
         key.pop("evidence", None)
@@ -214,9 +212,10 @@ def train_or_load(config: EDLVariantsConfig, task: dict, out: Path, progress=Non
         torch.manual_seed(seed)
         model = task["build"](kind, config.evidence, config.prior_weight if name == "redl" else 1.0)
         weights, meta = cache / f"{name}.safetensors", cache / f"{name}.json"
-        if weights.exists() and meta.exists() and _comparable(json.loads(meta.read_text()).get("key", {})) == key:
+        cached = json.loads(meta.read_text()) if weights.exists() and meta.exists() else {}
+        if _comparable(cached.get("key", {})) == key:
             model.load_state_dict(load_file(weights))
-            logs[name] = json.loads(meta.read_text())["log"]
+            logs[name] = cached["log"]
             log(f"{name}: loaded from {weights}")
         else:
             loss_fn = SoftmaxCrossEntropy() if kind == "softmax" else variant_loss(config, name)
@@ -326,7 +325,7 @@ def sharpest_calibrated_wrong_median(prediction: Prediction, labels: Tensor) -> 
     correct = prediction.predicted == labels
     if bool(correct.all()):
         return float("nan")
-    calibrated = sharpest_calibration(prediction.probs.max(-1).values, correct)
+    calibrated = sharpest_calibration(prediction.confidence, correct)
     return float(calibrated[~correct].median())
 
 
