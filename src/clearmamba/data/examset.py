@@ -111,6 +111,43 @@ class ExamSet(Dataset):
         return f"ExamSet(name={self.name!r}, n={n}, frames={t}x{c}x{h}x{w}, classes={self.num_classes})"
 
 
+def pad_to_length(x: torch.Tensor, t: int) -> torch.Tensor:
+    """Zero-pad dimension 1 (time) of ``x [n, t0, ...]`` to ``t`` frames."""
+    extra = t - x.shape[1]
+    if extra < 0:
+        raise ValueError(f"pad_to_length: {x.shape[1]} frames do not fit in {t}")
+    return x if extra == 0 else torch.cat([x, x.new_zeros((x.shape[0], extra, *x.shape[2:]))], dim=1)
+
+
+def pad_exams(
+    exams: Sequence[torch.Tensor],
+    times: Sequence[torch.Tensor],
+    masks: Sequence[torch.Tensor] | None = None,
+    length: int | None = None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The one padding rule: exams ``[t_i, c, h, w]`` with times ``[t_i]`` -> frames ``[n, t, c, h, w]``, times
+    ``[n, t]`` and mask ``[n, t]`` (True for a real frame); padded frames and times are zero.
+
+    ``t`` is ``length`` or the longest exam. ``masks`` (``[t_i]`` each) mark frames of an already padded exam;
+    without them every given frame is real. Every exam must share ``c h w`` (the error names the first that
+    does not)."""
+    if not exams:
+        raise ValueError("pad_exams: expected at least one exam")
+    t = max(len(x) for x in exams) if length is None else length
+    c, h, w = exams[0].shape[1:]
+    frames = torch.zeros((len(exams), t, c, h, w), dtype=torch.float32)
+    frame_times = torch.zeros((len(exams), t), dtype=torch.float32)
+    mask = torch.zeros((len(exams), t), dtype=torch.bool)
+    for i, (x, x_times) in enumerate(zip(exams, times, strict=True)):
+        if tuple(x.shape[1:]) != (c, h, w):
+            raise ValueError(f"pad_exams: exam {i} has frames {tuple(x.shape[1:])}, expected {(c, h, w)} like exam 0")
+        k = len(x)
+        frames[i, :k] = x
+        frame_times[i, :k] = torch.as_tensor(x_times, dtype=torch.float32)
+        mask[i, :k] = True if masks is None else masks[i].bool()
+    return frames, frame_times, mask
+
+
 def concat_examsets(sets: Sequence[ExamSet], name: str = "") -> ExamSet:
     """Concatenate ExamSets with the same frame size and class names; shorter exams are padded."""
     if not sets:
@@ -119,18 +156,11 @@ def concat_examsets(sets: Sequence[ExamSet], name: str = "") -> ExamSet:
     if len(shapes) != 1:
         raise ValueError(f"concat_examsets: frame shapes differ {sorted(shapes)}; expected one [c, h, w]")
     t = max(s.frames.shape[1] for s in sets)
-
-    def pad(x: torch.Tensor) -> torch.Tensor:
-        extra = t - x.shape[1]
-        if extra == 0:
-            return x
-        return torch.cat([x, x.new_zeros((x.shape[0], extra, *x.shape[2:]))], dim=1)
-
     return ExamSet(
-        frames=torch.cat([pad(s.frames) for s in sets]),
+        frames=torch.cat([pad_to_length(s.frames, t) for s in sets]),
         labels=torch.cat([s.labels for s in sets]),
-        frame_times=torch.cat([pad(s.frame_times) for s in sets]),
-        mask=torch.cat([pad(s.mask) for s in sets]),
+        frame_times=torch.cat([pad_to_length(s.frame_times, t) for s in sets]),
+        mask=torch.cat([pad_to_length(s.mask, t) for s in sets]),
         **{key: [v for s in sets for v in getattr(s, key)] for key in META_FIELDS},
         class_names=sets[0].class_names,
         true_labels=torch.cat([s.true_labels for s in sets]),
@@ -139,30 +169,15 @@ def concat_examsets(sets: Sequence[ExamSet], name: str = "") -> ExamSet:
 
 
 def collate_exams(items: Sequence[dict[str, Any]]) -> dict[str, Any]:
-    """Batch Dataset items of different frame counts: pad frames with zeros and extend ``mask`` with False.
+    """Batch Dataset items of different frame counts with :func:`pad_exams`.
 
     Returns ``frames [b, t_max, c, h, w]``, ``frame_times [b, t_max]``, ``mask [b, t_max]``, ``label [b]``,
     ``true_label [b]``, ``index [b]`` and the string metadata as lists.
     """
     if not items:
         raise ValueError("collate_exams: got an empty batch")
-    t_max = max(item["frames"].shape[0] for item in items)
-    c, h, w = items[0]["frames"].shape[1:]
-    b = len(items)
-    frames = torch.zeros((b, t_max, c, h, w), dtype=torch.float32)
-    times = torch.zeros((b, t_max), dtype=torch.float32)
-    mask = torch.zeros((b, t_max), dtype=torch.bool)
-    for j, item in enumerate(items):
-        x = item["frames"]
-        if tuple(x.shape[1:]) != (c, h, w):
-            raise ValueError(
-                f"collate_exams: exam {item.get('exam_id', j)!r} has frames {tuple(x.shape[1:])}, "
-                f"expected {(c, h, w)} like the first exam of the batch"
-            )
-        k = x.shape[0]
-        frames[j, :k] = x
-        times[j, :k] = item["frame_times"]
-        mask[j, :k] = item["mask"]
+    frames, times, mask = pad_exams([item["frames"] for item in items], [item["frame_times"] for item in items],
+                                    [item["mask"] for item in items])  # fmt: skip
     batch: dict[str, Any] = {
         "frames": frames,
         "frame_times": times,

@@ -56,6 +56,12 @@ def images_to_examset(
         raise DataError(
             f"{source or name}: labels outside 0..{len(class_names) - 1}; got {labels.min()}..{labels.max()}"
         )
+    if images.dtype.kind == "f" and not np.isfinite(images).all():
+        index = int(np.flatnonzero(~np.isfinite(images.reshape(len(images), -1)).all(1))[0])
+        raise DataError(f"{source or name}: image {index} holds NaN or infinite values; expected finite intensities")
+    if images.shape[1] < 8 or images.shape[2] < 8:
+        raise DataError(f"{source or name}: images are {images.shape[2]}x{images.shape[1]} pixels; expected at "
+                        "least 8x8")
     frames = torch.from_numpy(images).permute(0, 3, 1, 2)[:, None]  # [n, 1, c, h, w]
     frames = frames.float() / 255.0 if images.dtype == np.uint8 else frames.float().clamp(0, 1)
     n = len(labels)
@@ -218,13 +224,33 @@ def md5sum(path: str | Path) -> str:
         return hashlib.file_digest(handle, "md5").hexdigest()
 
 
+def npz_class_names(path: Path) -> tuple[str, ...]:
+    """Classes ``"0".."K-1"`` of a MedMNIST-style .npz: the labels of all its splits together must be exactly
+    0..K-1, so a typo (a 7 among 0..2) is an error naming the split and index, not an eighth class."""
+    with np.load(path, allow_pickle=False) as data:
+        found = {split: data[f"{split}_labels"].reshape(-1) for split in ("train", "val", "test")
+                 if f"{split}_labels" in data.files}  # fmt: skip
+    values = np.unique(np.concatenate(list(found.values()))) if found else np.zeros(0, dtype=np.int64)
+    if values.size and (values.min() < 0 or not np.array_equal(values, np.arange(values.max() + 1))):
+        missing = sorted(set(range(int(values.max()) + 1)) - set(values.tolist()))
+        odd = int(values.max()) if missing else int(values.min())
+        split, labels = next((s, v) for s, v in found.items() if odd in v)
+        index = int(np.flatnonzero(labels == odd)[0])
+        raise DataError(f"{path}: {split}_labels[{index}] is {odd}, but labels {missing or [odd]} never occur; "
+                        f"expected the labels of all splits to be 0..K-1 (found {values.tolist()})")
+    return tuple(str(k) for k in range(int(values.max()) + 1 if values.size else 0))
+
+
 def load_medmnist_npz(
-    path: str | Path, split: str = "train", flag: str | None = None, check: bool = True
+    path: str | Path, split: str = "train", flag: str | None = None, check: bool = True,
+    class_names: tuple[str, ...] | None = None,
 ) -> ExamSet:
     """A MedMNIST ``.npz`` the user already has (``<split>_images``, ``<split>_labels`` shaped ``[n, 1]``).
 
     With ``flag`` (e.g. ``"retinamnist"``) and the ``medmnist`` package installed, the split size, label
     names and (for the 28-pixel file) MD5 are checked against ``medmnist.info.INFO``. Nothing is downloaded.
+    ``class_names`` declares the classes (labels index into them); by default they are
+    :func:`npz_class_names`.
     """
     path = Path(path)
     if not path.is_file():
@@ -247,8 +273,7 @@ def load_medmnist_npz(
         raise DataError(
             f"{path}: {split}_labels of shape {labels.shape}; expected [n, 1] (multi-label is not supported)"
         )
-    n_classes = int(labels.max()) + 1 if labels.size else 0
-    class_names = tuple(str(k) for k in range(n_classes))
+    class_names = npz_class_names(path) if class_names is None else tuple(class_names)
     info = _medmnist_info(flag) if flag else None
     if info is not None and check:
         expected_n = info["n_samples"][split]
