@@ -22,7 +22,7 @@ import torch
 
 from clearmamba.atomic import atomic_write_text
 from clearmamba.evaluation import auroc, summarize
-from clearmamba.experiments.training import TrainConfig, make_optimizer, optimizer_step
+from clearmamba.training import TrainConfig, fit
 from clearmamba.uncertainty import Prediction, SplitConformal, TemperatureScaler, coverage, create_method, mean_set_size
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -57,9 +57,8 @@ def exams_to_images(exam_set) -> tuple[torch.Tensor, torch.Tensor]:
     return exam_set.frames.flatten(1, 2).contiguous(), exam_set.labels
 
 
-def batches(x, y, size, generator=None):
-    order = torch.randperm(len(x), generator=generator) if generator is not None else torch.arange(len(x))
-    return [(x[order[i : i + size]], y[order[i : i + size]]) for i in range(0, len(x), size)]
+def batches(x, y, size):
+    return [(x[i : i + size], y[i : i + size]) for i in range(0, len(x), size)]
 
 
 def build_backbone(in_chans: int, num_classes: int, patch_size: int, stem: str = "conv"):
@@ -79,32 +78,16 @@ def build_backbone(in_chans: int, num_classes: int, patch_size: int, stem: str =
 
 
 def train_method(name, options, data, args, progress):
-    """The generic loop from the methods.py docstring."""
+    """Every method through clearmamba.training.fit, the one loop (no branch on the method)."""
     x, y = data["train"]
     method = create_method(name, **options)
-    steps_per_epoch = -(-len(x) // args.batch)
-    total_steps = args.epochs * steps_per_epoch
     # clearmamba.training's recipe: AdamW, one epoch of warm-up, cosine decay, gradient norm clipped at 1
-    recipe = TrainConfig(epochs=args.epochs, batch_size=args.batch, lr=args.lr, weight_decay=0.05,
-                         decoupled_weight_decay=True, warmup_epochs=1.0, grad_clip=1.0)  # fmt: skip
-    trained = []
-    for member in range(method.num_members):
-        torch.manual_seed(args.seed + member)
-        model = method.prepare(build_backbone(x.shape[1], args.classes, args.patch, args.stem), args.classes, len(x))
-        optimizer = make_optimizer(model, recipe)
-        generator = torch.Generator().manual_seed(args.seed + 100 * member)
-        for epoch in range(args.epochs):
-            model.train()
-            loader = batches(x, y, args.batch, generator)
-            for step, (xb, yb) in enumerate(loader):
-                loss = method.loss(model(xb), yb, epoch=epoch + step / len(loader))
-                optimizer.zero_grad()
-                loss.backward()
-                optimizer_step(model, optimizer, recipe, epoch * steps_per_epoch + step, total_steps, steps_per_epoch)
-            method.on_epoch_end(model, epoch, args.epochs)
-            progress(f"  {name} member {member} epoch {epoch} loss {loss.item():.3f}")
-        trained.append(method.finalize(model, [xb for xb, _ in batches(x, y, args.batch)]))
-    return method, method.combine(trained)
+    recipe = TrainConfig(epochs=args.epochs, batch_size=args.batch, lr=args.lr, weight_decay=0.05, patience=0,
+                         seed=args.seed)  # fmt: skip
+    result = fit(method, lambda: build_backbone(x.shape[1], args.classes, args.patch, args.stem), (x, y), recipe)
+    for member, history in enumerate(result.history):
+        progress(f"  {name} member {member}: final loss {history[-1]['train_loss']:.3f}")
+    return method, result.model
 
 
 def predict_all(method, model, x, batch) -> Prediction:

@@ -49,33 +49,34 @@ def generate(
 def check(
     path: Annotated[Path, typer.Argument(help="A CSV manifest, an image folder or a MedMNIST .npz.")],
     skip_bad: Annotated[bool, typer.Option("--skip-bad", help="Warn about and skip bad exams.")] = False,
-    size: Annotated[int | None, typer.Option(help="Resize frames to size x size.")] = None,
+    frame_size: Annotated[str | None, typer.Option(metavar="SIZE", help="Resize frames: 32 or HxW.")] = None,
+    max_pixels: Annotated[int, typer.Option(metavar="N", min=1, help="Refuse images with more pixels.")] = 100_000_000,
+    encoding: Annotated[str, typer.Option(metavar="NAME", help="Text encoding of a manifest .csv.")] = "utf-8",
 ) -> None:
-    """Load a data set the way training will and print what was found (or the first problem)."""
+    """Load a data set the way training will and print what was found (or the first problem).
+
+    \b
+    Example:
+      clearmamba data check exams/manifest.csv --frame-size 64
+    """
     from rich.console import Console
     from rich.table import Table
 
-    from clearmamba.data.loaders import DataError, load_image_folder, load_manifest
-    from clearmamba.data.mnist import load_medmnist_npz
+    from clearmamba.cli.train import parse_frame_size
+    from clearmamba.data.loaders import ReadOptions
+    from clearmamba.data.sources import open_source
 
-    try:
-        if path.is_dir():
-            exams = load_image_folder(path, size=size, skip_bad=skip_bad)
-        elif path.suffix == ".npz":
-            exams = load_medmnist_npz(path)
-        elif path.suffix == ".csv":
-            exams = load_manifest(path, size=size, skip_bad=skip_bad)
-        else:
-            raise DataError(f"{path}: unknown kind; expected a .csv manifest, an image folder or a .npz")
-    except DataError as error:
-        typer.secho(f"error: {error}", fg="red", err=True)
-        raise typer.Exit(1) from None
+    read = ReadOptions(size=parse_frame_size(frame_size), max_pixels=max_pixels, encoding=encoding)
+    source = open_source(str(path), read, skip_bad=skip_bad)
+    exams = source.exams()
     n, t, c, h, w = exams.frames.shape
-    typer.echo(f"{path}: {n} exams, up to {t} frames of {c}x{h}x{w}")
+    named = ", ".join(f"{name} {len(s)}" for name, s in source.sets.items())
+    typer.echo(f"{path}: {n} exams ({named}), up to {t} frames of {c}x{h}x{w}; frame times: {source.frame_times}")
     table = Table()
     table.add_column("class")
     table.add_column("exams", justify="right")
     for name, count in zip(exams.class_names, exams.class_counts()):
         table.add_row(name, str(count))
     Console().print(table)
-    typer.echo(f"patients: {len(set(exams.patient_id))}, skipped: {exams.info.get('skipped', 0)}")
+    skipped = sum(s.info.get("skipped", 0) for s in source.sets.values())
+    typer.echo(f"patients: {len(set(exams.patient_id))}, skipped: {skipped}")

@@ -25,8 +25,9 @@ import torch
 from clearmamba.active import ACQUISITIONS, acquisition_scores, select_top_k
 from clearmamba.atomic import atomic_write_text
 from clearmamba.experiments.lenet import lenet
-from clearmamba.experiments.training import TrainConfig, predict, to_tensor, train
-from clearmamba.uncertainty import EvidentialLoss, PiecewiseLinear, SoftmaxCrossEntropy
+from clearmamba.experiments.sources import to_tensor
+from clearmamba.training import LABML_RECIPE, fit, predict
+from clearmamba.uncertainty import PiecewiseLinear, create_method
 
 
 @dataclass(frozen=True)
@@ -83,13 +84,14 @@ def _fit(config: ActiveConfig, head: str, x: torch.Tensor, y: torch.Tensor, seed
     epochs = config.train_steps / steps_per_epoch
     if head == "evidential":
         schedule = PiecewiseLinear(total_epochs=epochs)  # labml's (0,0) -> (0.2,0.01) -> (1,1)
-        loss = EvidentialLoss(config.edl_loss, kl_weight=1.0, annealing=schedule, remove_target=True)
+        method = create_method("evidential", loss=config.edl_loss, kl_weight=1.0, annealing=schedule,
+                               remove_target=True)  # fmt: skip
     else:
-        loss = SoftmaxCrossEntropy()
-    torch.manual_seed(seed)  # same initial weights for every arm at this seed and round
-    model = lenet(head)
-    train(model, loss, x, y, TrainConfig(epochs, config.batch_size, config.lr, config.weight_decay, True, seed))
-    return model
+        method = create_method("softmax")
+    recipe = LABML_RECIPE.with_(epochs=epochs, batch_size=config.batch_size, lr=config.lr,
+                                weight_decay=config.weight_decay, seed=seed)  # fmt: skip
+    # fit seeds the initial weights with `seed`: the same for every arm at this seed and round
+    return fit(method, lambda: lenet(head), (x, y), recipe).model
 
 
 def pool_scores(config: ActiveConfig, acquisition: str, model, pool_x: torch.Tensor, seed: int) -> torch.Tensor:
@@ -100,9 +102,9 @@ def pool_scores(config: ActiveConfig, acquisition: str, model, pool_x: torch.Ten
     if acquisition == "random":
         return acquisition_scores("random", torch.empty(1, len(pool_x), 1), generator)
     if acquisition == "vacuity":
-        return acquisition_scores("vacuity", predict(model, pool_x).alpha)
+        return acquisition_scores("vacuity", predict(model, pool_x, 1000).alpha)
     torch.manual_seed(seed)
-    members = predict(MCDropout(model, num_samples=config.mc_samples, mode="head").eval(), pool_x).members
+    members = predict(MCDropout(model, num_samples=config.mc_samples, mode="head").eval(), pool_x, 1000).members
     return acquisition_scores(acquisition, members)
 
 
@@ -117,7 +119,7 @@ def simulate_arm(config: ActiveConfig, acquisition: str, seed: int, data: dict, 
         key = (head, seed)
         if round_ > 0 or key not in cache:
             model = _fit(config, head, pool_x[labelled], pool_y[labelled], seed * 1000 + round_)
-            accuracy = predict(model, test_x).predicted.eq(test_y).float().mean().item()
+            accuracy = predict(model, test_x, 1000).predicted.eq(test_y).float().mean().item()
             if round_ == 0:  # round 0 is the same for every arm of one head at one seed: train it once
                 cache[key] = (model, accuracy)
         else:

@@ -22,14 +22,10 @@ from clearmamba.atomic import atomic_write_text
 from clearmamba.evaluation import ood_metrics_by_set, spearman, summarize
 from clearmamba.experiments.lenet import lenet
 from clearmamba.experiments.rotation import rotation_series
-from clearmamba.experiments.training import MNIST_MEAN, MNIST_STD, TrainConfig, predict, to_tensor, train
-from clearmamba.uncertainty import (
-    EvidentialLoss,
-    PiecewiseLinear,
-    Prediction,
-    SoftmaxCrossEntropy,
-    get_evidence_fn,
-)
+from clearmamba.experiments.sources import MNIST_MEAN, MNIST_STD, to_tensor
+from clearmamba.training import LABML_RECIPE, EvidenceStatistics, StepProgress, TrainConfig, fit, predict
+from clearmamba.uncertainty import PiecewiseLinear, Prediction, create_method, get_evidence_fn
+from clearmamba.uncertainty.methods import Method
 
 EDL_LOSSES = ("mll", "ce", "sse")
 OOD_SETS = ("fashion", "animal", "letters")
@@ -65,7 +61,9 @@ class EDLMnistConfig:
         return replace(base, **overrides)
 
     def train_config(self, seed: int) -> TrainConfig:
-        return TrainConfig(self.epochs, self.batch_size, self.lr, self.weight_decay, self.decoupled_weight_decay, seed)
+        return LABML_RECIPE.with_(epochs=self.epochs, batch_size=self.batch_size, lr=self.lr,
+                                  weight_decay=self.weight_decay, decoupled_weight_decay=self.decoupled_weight_decay,
+                                  seed=seed)  # fmt: skip
 
     def __post_init__(self) -> None:
         if self.ensemble_size < 1 or self.mc_samples < 2:
@@ -132,9 +130,11 @@ def load_data(config: EDLMnistConfig) -> dict:
 
 
 # ---- training --------------------------------------------------------------------------------------------
-def edl_loss_fn(config: EDLMnistConfig, loss: str) -> EvidentialLoss:
+def edl_method(config: EDLMnistConfig, loss: str) -> Method:
+    """labml's EDL objective: ``loss`` + KL on the non-target evidence, weight along ``kl_points`` over training."""
     schedule = PiecewiseLinear(config.kl_points, total_epochs=config.epochs)
-    return EvidentialLoss(loss, kl_weight=config.kl_weight, annealing=schedule, remove_target=True)
+    return create_method("evidential", evidence=config.evidence, loss=loss, kl_weight=config.kl_weight,
+                         annealing=schedule, remove_target=True)  # fmt: skip
 
 
 def _stats_line(name: str, seconds: float, last: dict) -> str:
@@ -147,26 +147,20 @@ def _stats_line(name: str, seconds: float, last: dict) -> str:
 
 def train_models(config: EDLMnistConfig, data: dict, progress=None, log: Callable[[str], None] = print):
     """Train the softmax LeNets (ensemble members; member 0 is "softmax") and one EDL LeNet per loss."""
-    images, labels = data["train"]
-    steps = max(1, round(config.epochs * -(-len(images) // config.batch_size)))
     models, logs = {}, {}
 
-    def fit(name: str, model, loss_fn, seed: int) -> None:
-        task = progress.add_task(f"train {name}", total=steps) if progress is not None else None
-        on_step = (lambda n: progress.advance(task, n)) if progress is not None else None
-        torch.manual_seed(seed)
-        start = time.perf_counter()
-        history = train(model, loss_fn, images, labels, config.train_config(seed), on_step)
-        logs[name] = {"history": history, "seconds": time.perf_counter() - start}
-        models[name] = model
-        log(_stats_line(name, logs[name]["seconds"], history[-1]))
+    def train_one(name: str, method: Method, head: str, seed: int) -> None:
+        callbacks = [EvidenceStatistics()] + ([StepProgress(progress, f"train {name}")] if progress else [])
+        result = fit(method, lambda: lenet(head, config.evidence), data["train"], config.train_config(seed),
+                     callbacks=callbacks)  # fmt: skip
+        logs[name] = {"history": result.history[0], "seconds": result.seconds}
+        models[name] = result.model
+        log(_stats_line(name, result.seconds, result.history[0][-1]))
 
     for m in range(config.ensemble_size):
-        torch.manual_seed(config.seed + m)
-        fit(f"softmax_{m}", lenet("softmax"), SoftmaxCrossEntropy(), config.seed + m)
+        train_one(f"softmax_{m}", create_method("softmax"), "softmax", config.seed + m)
     for loss in config.losses:
-        torch.manual_seed(config.seed)
-        fit(f"edl_{loss}", lenet("evidential", config.evidence), edl_loss_fn(config, loss), config.seed)
+        train_one(f"edl_{loss}", edl_method(config, loss), "evidential", config.seed)
     return models, logs
 
 
@@ -218,7 +212,7 @@ def rotating_digit(models: dict[str, Callable], raw_test: np.ndarray, labels: to
     normalised = (rotated - MNIST_MEAN) / MNIST_STD
     out = {"test_index": index, "angles": angles.tolist(), "images": rotated[:, 0].numpy(), "methods": {}}
     for name, model in models.items():
-        p = predict(model, normalised)
+        p = predict(model, normalised, 1000)
         entry = {"probs": p.probs.tolist(), "predicted": p.predicted.tolist()}
         if p.evidence is not None:
             entry["vacuity"] = p.score("vacuity").tolist()
@@ -246,8 +240,8 @@ def run(config: EDLMnistConfig, out_dir: str | os.PathLike, progress=None, log: 
     results, entropies = {}, {}
     for name, model in methods.items():
         tic = time.perf_counter()
-        prediction = predict(model, test_x)
-        ood = {k: predict(model, x) for k, x in data["ood"].items()}
+        prediction = predict(model, test_x, 1000)
+        ood = {k: predict(model, x, 1000) for k, x in data["ood"].items()}
         results[name] = evaluate_method(prediction, test_y, ood, natural_score(name))
         results[name]["inference_seconds"] = time.perf_counter() - tic
         # the in-distribution panel shows what the OOD panels hide: how unsure each method is on clean digits

@@ -33,22 +33,22 @@ from torch import Tensor, nn
 from clearmamba.atomic import atomic_write_bytes, atomic_write_text
 from clearmamba.evaluation import spearman
 from clearmamba.experiments.edl_mnist import evaluate_method
-from clearmamba.experiments.training import TrainConfig, train_on_tensors
+from clearmamba.training import LABML_RECIPE, StepProgress, TensorSet, TrainConfig, fit
+from clearmamba.training import predict as predict_set
+from clearmamba.training.posthoc import features
 from clearmamba.uncertainty import (
     Constant,
     DensityAwareEvidence,
     EpochLinear,
     EvidenceScaler,
-    EvidentialLoss,
-    FisherEvidentialLoss,
     PiecewiseLinear,
     Prediction,
-    RelaxedEvidentialLoss,
     ScaledModel,
-    SoftmaxCrossEntropy,
     TemperatureScaler,
+    create_method,
 )
 from clearmamba.uncertainty.density import GATE_SHARPNESS, fit_density_gate
+from clearmamba.uncertainty.methods import Method
 from clearmamba.uncertainty.outputs import as_prediction
 
 VARIANTS = ("edl_annealed", "edl_fixed", "edl_fixed_keep", "redl", "iedl")
@@ -79,7 +79,7 @@ class EDLVariantsConfig:
     test_size: int | None = None
     ood_size: int | None = None
     letters_per_class: int = 1000
-    warmup_epochs: float = 0.0  # > 0: warm-up + cosine lr and clipping (angiography; see experiments.training)
+    warmup_epochs: float = 0.0  # > 0: warm-up + cosine lr and clipping (angiography; TrainConfig's schedule)
     grad_clip: float = 0.0
     seed: int = 0
     quick: bool = False
@@ -126,40 +126,43 @@ class EDLVariantsConfig:
             raise ValueError(f"ensemble_size must be >= 2, got {self.ensemble_size}")
 
     def train_config(self, seed: int) -> TrainConfig:
-        return TrainConfig(self.epochs, self.batch_size, self.lr, self.weight_decay, self.decoupled_weight_decay, seed,
-                           self.warmup_epochs, self.grad_clip)
+        """labml's constant-lr recipe, or (``warmup_epochs > 0``) clearmamba's warm-up + cosine with clipping."""
+        schedule = "warmup_cosine" if self.warmup_epochs > 0 else "constant"
+        return LABML_RECIPE.with_(epochs=self.epochs, batch_size=self.batch_size, lr=self.lr,
+                                  weight_decay=self.weight_decay, decoupled_weight_decay=self.decoupled_weight_decay,
+                                  seed=seed, schedule=schedule, warmup_epochs=self.warmup_epochs,
+                                  grad_clip=self.grad_clip)  # fmt: skip
 
 
-def variant_loss(config: EDLVariantsConfig, variant: str) -> nn.Module:
-    """The training loss of a named variant."""
-    if variant == "edl_annealed":
-        return EvidentialLoss("mll", kl_weight=1.0, annealing=PiecewiseLinear(LABML_POINTS, config.epochs),
-                              remove_target=True)
-    if variant in ("edl_fixed", "edl_fixed_keep"):
-        return EvidentialLoss("mll", config.kl_weight, Constant(1.0), remove_target=variant == "edl_fixed")
-    if variant == "redl":
-        return RelaxedEvidentialLoss(config.prior_weight, kl_weight=1.0, annealing=EpochLinear(10.0))
-    if variant == "iedl":
-        return FisherEvidentialLoss(config.fisher_weight, kl_weight=1.0, annealing=EpochLinear(10.0))
-    raise ValueError(f"unknown variant {variant!r}; expected one of {VARIANTS}")
+def variant_options(config: EDLVariantsConfig, variant: str) -> dict:
+    """A named variant's training objective, as options of ``create_method("evidential", ...)``."""
+    recipes = {
+        "edl_annealed": {"loss": "mll", "kl_weight": 1.0, "annealing": PiecewiseLinear(LABML_POINTS, config.epochs),
+                         "remove_target": True},
+        "edl_fixed": {"loss": "mll", "kl_weight": config.kl_weight, "annealing": Constant(1.0), "remove_target": True},
+        "edl_fixed_keep": {"loss": "mll", "kl_weight": config.kl_weight, "annealing": Constant(1.0),
+                           "remove_target": False},
+        "redl": {"objective": "redl", "prior_weight": config.prior_weight, "kl_weight": 1.0,
+                 "annealing": EpochLinear(10.0), "remove_target": True},
+        "iedl": {"objective": "iedl", "fisher_weight": config.fisher_weight, "kl_weight": 1.0,
+                 "annealing": EpochLinear(10.0), "remove_target": True},
+    }  # fmt: skip
+    if variant not in recipes:
+        raise ValueError(f"unknown variant {variant!r}; expected one of {VARIANTS}")
+    return recipes[variant]
 
 
-# ---- training (inputs are tuples of tensors so exams can carry times and masks) -------------------------
-@torch.no_grad()
+def variant_method(config: EDLVariantsConfig, variant: str) -> Method:
+    return create_method("evidential", evidence=config.evidence, **variant_options(config, variant))
+
+
+# ---- predictions (inputs are tuples of tensors so exams can carry times and masks) ------------------------
 def predict(model: Callable, inputs: tuple[Tensor, ...], batch_size: int = 500) -> Prediction:
-    if isinstance(model, nn.Module):
-        model.eval()
-    n = len(inputs[0])
-    parts = [as_prediction(model(*(x[i : i + batch_size] for x in inputs))) for i in range(0, n, batch_size)]
-    return Prediction.cat(parts)
+    return predict_set(model, TensorSet.unlabelled(inputs), batch_size)
 
 
-@torch.no_grad()
 def features_of(model: nn.Module, inputs: tuple[Tensor, ...], batch_size: int = 500) -> Tensor:
-    model.eval()
-    n = len(inputs[0])
-    batches = (tuple(x[i : i + batch_size] for x in inputs) for i in range(0, n, batch_size))
-    return torch.cat([model.forward_features(*batch) for batch in batches])
+    return features(model, TensorSet.unlabelled(inputs), batch_size)
 
 
 class MemberEnsemble(nn.Module):
@@ -184,7 +187,8 @@ def _cache_key(config: EDLVariantsConfig, name: str, seed: int) -> dict:
         settings["prior_weight"] = config.prior_weight
     if name == "iedl":
         settings["fisher_weight"] = config.fisher_weight
-    key = {"name": name, "seed": seed, **settings}
+    # networks trained by the old experiment loop (before clearmamba.training.fit) are not reused
+    key = {"name": name, "seed": seed, "trainer": "fit", **settings}
     return _comparable(key)
 
 
@@ -203,31 +207,34 @@ def train_or_load(config: EDLVariantsConfig, task: dict, out: Path, progress=Non
 
     (inputs, labels), cache = task["train"], out / "models"
     cache.mkdir(parents=True, exist_ok=True)
-    steps = max(1, round(config.epochs * -(-len(labels) // config.batch_size)))
     models, logs = {}, {}
     jobs = [(f"softmax_{m}", "softmax", config.seed + m) for m in range(config.ensemble_size)]
     jobs += [(v, "evidential", config.seed) for v in config.variants]
     for name, kind, seed in jobs:
         key = _cache_key(config, name, seed)
-        torch.manual_seed(seed)
-        model = task["build"](kind, config.evidence, config.prior_weight if name == "redl" else 1.0)
+        prior_weight = config.prior_weight if name == "redl" else 1.0
+
+        def build(kind=kind, prior_weight=prior_weight) -> nn.Module:
+            return task["build"](kind, config.evidence, prior_weight)
+
         weights, meta = cache / f"{name}.safetensors", cache / f"{name}.json"
         cached = json.loads(meta.read_text()) if weights.exists() and meta.exists() else {}
         if _comparable(cached.get("key", {})) == key:
+            torch.manual_seed(seed)
+            model = build()
             model.load_state_dict(load_file(weights))
             logs[name] = cached["log"]
             log(f"{name}: loaded from {weights}")
         else:
-            loss_fn = SoftmaxCrossEntropy() if kind == "softmax" else variant_loss(config, name)
-            bar = progress.add_task(f"train {name}", total=steps) if progress is not None else None
-            on_step = (lambda n, bar=bar: progress.advance(bar, n)) if progress is not None else None
-            start = time.perf_counter()
-            history = train_on_tensors(model, loss_fn, inputs, labels, config.train_config(seed), on_step)
-            logs[name] = {"history": history, "seconds": time.perf_counter() - start}
+            method = create_method("softmax") if kind == "softmax" else variant_method(config, name)
+            callbacks = [StepProgress(progress, f"train {name}")] if progress is not None else []
+            result = fit(method, build, TensorSet(tuple(inputs), labels), config.train_config(seed),
+                         callbacks=callbacks)  # fmt: skip
+            model = result.model
+            logs[name] = {"history": result.history[0], "seconds": result.seconds}
             atomic_write_bytes(weights, save({k: v.contiguous() for k, v in model.state_dict().items()}))
             atomic_write_text(meta, json.dumps({"key": key, "log": logs[name]}, indent=1))
-            last = history[-1]
-            log(f"{name}: {logs[name]['seconds']:.0f} s, train accuracy {last['accuracy']:.4f}")
+            log(f"{name}: {result.seconds:.0f} s, train accuracy {result.history[0][-1]['train_acc']:.4f}")
         models[name] = model.eval()
     return models, logs
 

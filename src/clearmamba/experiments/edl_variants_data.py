@@ -28,8 +28,7 @@ def mnist_task(config) -> dict:
     """MNIST train (minus a validation hold-out) / test and the OOD sets, LeNet networks."""
     from clearmamba.experiments.edl_mnist import _subset, load_ood_set
     from clearmamba.experiments.lenet import lenet
-    from clearmamba.experiments.sources import load_source, require
-    from clearmamba.experiments.training import to_tensor
+    from clearmamba.experiments.sources import load_source, require, to_tensor
 
     for name in ("mnist", *[s for s in config.ood_sets if s != "letters"]):
         require(name)  # fail before any work when a source is missing
@@ -43,10 +42,7 @@ def mnist_task(config) -> dict:
         ood[name] = (to_tensor(_subset(raw, np.zeros(len(raw)), config.ood_size, config.seed + 2 + i)[0]),)
 
     def build(kind: str, evidence: str = "softplus", prior_weight: float = 1.0) -> nn.Module:
-        model = lenet(kind, evidence)
-        if kind == "evidential":
-            model.head.prior_weight = prior_weight
-        return model
+        return lenet(kind, evidence, prior_weight=prior_weight) if kind == "evidential" else lenet(kind)
 
     return {
         "train": ((to_tensor(train_x),), torch.from_numpy(train_y)),
@@ -60,16 +56,15 @@ def mnist_task(config) -> dict:
 
 def angiography_task(config) -> dict:
     """The built-in simulated FFA/ICGA exams of ``clearmamba demo`` and a small CLEAR-Mamba (the demo's)."""
+    from clearmamba.data.sources import BuiltinData, load_builtin
     from clearmamba.models import create_model
     from clearmamba.training.demo import QUICK, DemoConfig
-    from clearmamba.training.sources import load_builtin
 
     demo = QUICK if config.quick else DemoConfig()
-    sizes = {k: getattr(demo, k) for k in ("n_train", "n_val", "n_test", "n_heldout", "n_ood")}
     # each set is simulated from its own seed, so larger test / OOD sets leave the training exams unchanged
-    sizes["n_test"] = config.test_size or sizes["n_test"]
-    sizes["n_ood"] = config.ood_size or sizes["n_ood"]
-    sets = load_builtin(sizes, size=demo.size, frames=demo.frames, seed=config.seed, classes=demo.classes)
+    sets = load_builtin(BuiltinData(n_train=demo.n_train, n_val=demo.n_val, n_test=config.test_size or demo.n_test,
+                                    n_heldout=demo.n_heldout, n_ood=config.ood_size or demo.n_ood, size=demo.size,
+                                    frames=demo.frames, classes=demo.classes, seed=config.seed))  # fmt: skip
 
     def inputs(exams) -> tuple[torch.Tensor, ...]:
         return exams.frames, exams.frame_times, exams.mask
@@ -78,12 +73,9 @@ def angiography_task(config) -> dict:
     classes = len(sets["train"].class_names)
 
     def build(kind: str, evidence: str = "softplus", prior_weight: float = 1.0) -> nn.Module:
-        options = {"evidence": evidence} if kind == "evidential" else {}
-        model = create_model("clear_mamba_tiny", num_classes=classes, in_chans=in_chans, head=kind, temporal="mamba",
-                             backbone_kwargs=dict(demo.backbone_kwargs), **options)
-        if kind == "evidential":
-            model.head.prior_weight = prior_weight
-        return model
+        options = {"evidence": evidence, "prior_weight": prior_weight} if kind == "evidential" else {}
+        return create_model("clear_mamba_tiny", num_classes=classes, in_chans=in_chans, head=kind, temporal="mamba",
+                            backbone_kwargs=dict(demo.backbone_kwargs), **options)
 
     ood = {name: inputs(sets[name]) for name in sets if name.startswith("ood")}
     return {

@@ -23,6 +23,7 @@ class LeNetConfig:
     dropout: float = 0.5
     head: str = "softmax"  # or "evidential"
     evidence: str = "softplus"  # evidential head only: softplus, relu or exp
+    prior_weight: float = 1.0  # evidential head only: R-EDL's lambda
 
 
 class LeNet(nn.Module):
@@ -41,8 +42,13 @@ class LeNet(nn.Module):
             nn.Linear(c2 * 16, config.hidden),
             nn.ReLU(),
         )
-        kwargs = {"evidence": config.evidence} if config.head == "evidential" else {}
+        evidential = {"evidence": config.evidence, "prior_weight": config.prior_weight}
+        kwargs = evidential if config.head == "evidential" else {}
         self.head = create_head(config.head, config.hidden, config.num_classes, dropout=config.dropout, **kwargs)
+
+    @property
+    def prediction_kind(self) -> str:
+        return self.config.head
 
     def forward_features(self, x: Tensor) -> Tensor:
         return self.features(x)  # b 1 28 28 -> b hidden

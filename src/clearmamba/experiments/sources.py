@@ -22,6 +22,18 @@ INSTALL = {
 TITLES = {"mnist": "MNIST", "fashion": "Fashion-MNIST", "animal": "Animal-MNIST"}
 
 
+# MNIST pixel mean and standard deviation (labml / torchvision normalisation)
+MNIST_MEAN, MNIST_STD = 0.1307, 0.3081
+
+
+def to_tensor(images: np.ndarray) -> torch.Tensor:
+    """uint8 ``[n, 28, 28]`` -> normalised float ``[n, 1, 28, 28]``."""
+    if images.ndim != 3 or images.dtype != np.uint8:
+        raise ValueError(f"expected uint8 images [n, h, w], got {images.dtype} {images.shape}")
+    x = torch.from_numpy(np.ascontiguousarray(images)).float().div_(255.0)
+    return x.sub_(MNIST_MEAN).div_(MNIST_STD).unsqueeze(1)
+
+
 class MissingSourceError(FileNotFoundError):
     """An offline data source is not installed; the message is the install command."""
 

@@ -39,6 +39,7 @@ class ClearMambaConfig:
     hac: bool = True
     hac_stages: str = "last"
     drop_rate: float = 0.0
+    prior_weight: float = 1.0  # R-EDL's lambda: the evidential head returns evidence in units of it
     backbone_kwargs: dict = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -105,11 +106,16 @@ class ClearMamba(nn.Module):
             self.num_features,
             cfg.num_classes,
             dropout=cfg.drop_rate,
-            **({"evidence": cfg.evidence} if cfg.head == "evidential" else {}),
+            **({"evidence": cfg.evidence, "prior_weight": cfg.prior_weight} if cfg.head == "evidential" else {}),
         )
         # the backbone's own classifier is never used: the uncertainty head replaces it
         if hasattr(backbone, "head") and isinstance(backbone.head, nn.Module):
             backbone.head = nn.Identity()
+
+    @property
+    def prediction_kind(self) -> str:
+        """What ``forward`` returns: ``evidential`` or ``softmax`` predictions (the uncertainty methods read it)."""
+        return self.cfg.head
 
     @staticmethod
     def as_exam(x: Tensor, frame_times: Tensor | None, mask: Tensor | None) -> tuple[Tensor, Tensor, Tensor]:
@@ -172,6 +178,20 @@ def build_clear_model(name: str, sizes: dict[str, dict], **kwargs) -> ClearMamba
     # backbone options given by the caller override the size's one by one, not as a whole
     backbone_kwargs = {**sizes[name].get("backbone_kwargs", {}), **kwargs.pop("backbone_kwargs", {})}
     return ClearMamba(ClearMambaConfig(**{**sizes[name], **kwargs, "backbone_kwargs": backbone_kwargs}))
+
+
+def check_options(name: str, options: dict) -> None:
+    """Raise ``ValueError`` naming the field when ``options`` do not fit model ``name``, without building it."""
+    from .baselines import BASELINE_SIZES
+
+    sizes = {**SIZES, **BASELINE_SIZES}
+    if name not in sizes:
+        raise ValueError(f"unknown CLEAR-Mamba model {name!r}; expected one of {sorted(sizes)}")
+    fields = ClearMambaConfig.__dataclass_fields__
+    unknown = sorted(set(options) - set(fields))
+    if unknown:
+        raise ValueError(f"{name}: unknown option(s) {unknown}; expected some of {sorted(fields)}")
+    ClearMambaConfig(**{**sizes[name], "num_classes": 2, "in_chans": 1, **options})
 
 
 @register_model

@@ -81,6 +81,9 @@ class TemporalMamba(nn.Module):
         self.dt_proj = nn.Linear(self.dt_rank, d_inner)
         self.A_log = nn.Parameter(torch.log(torch.arange(1, d_state + 1, dtype=torch.float32)).repeat(d_inner, 1))
         self.D = nn.Parameter(torch.ones(d_inner))
+        # Mamba's convention: the state matrix and skip are not decayed (decay would pull A towards -1)
+        self.A_log._no_weight_decay = True
+        self.D._no_weight_decay = True
         self.out_proj = nn.Linear(d_inner, dim)
         self.out_norm = nn.LayerNorm(dim)
         self._init_dt()
@@ -93,6 +96,9 @@ class TemporalMamba(nn.Module):
             self.dt_proj.bias.copy_(dt + torch.log(-torch.expm1(-dt)))
             bound = self.dt_rank**-0.5
             self.dt_proj.weight.uniform_(-bound, bound)
+
+    def no_weight_decay(self) -> set[str]:
+        return {"A_log", "D"}
 
     def sequence(self, tokens: Tensor, frame_times: Tensor, mask: Tensor) -> Tensor:
         """Per-frame outputs ``b t d`` for exams whose real frames come first (see :func:`real_frames_first`)."""

@@ -13,16 +13,20 @@ All are evaluated on the in-distribution test set, the held-out-device set and t
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from clearmamba.data.sources import BuiltinData, Source, examset_sha256, load_builtin, training_splits
+from clearmamba.errors import UserError
+
+from .config import TrainConfig
 from .evaluate import class_pair_accuracy, gallery_frames, primary_score, write_evaluation
-from .loop import TrainConfig, predict
-from .run import train_model
-from .sources import load_builtin
+from .predict import predict
+from .record import MethodSpec
+from .run import RunConfig, train_run
 
 MODELS: dict[str, dict[str, Any]] = {
     "clear_mamba": {"head": "evidential", "temporal": "mamba", "hac": True},
@@ -59,29 +63,49 @@ QUICK = DemoConfig(
 )  # fmt: skip
 
 
+def previous_demo(out: Path) -> bool:
+    """True when ``out`` holds nothing but an earlier demo's output (which a new demo replaces)."""
+    import json
+
+    if not out.exists() or not any(out.iterdir()):
+        return True
+    try:
+        return json.loads((out / "metrics.json").read_text()).get("command", "").startswith("clearmamba demo")
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
 def run_demo(out: str | Path = "runs/demo", quick: bool = False, config: DemoConfig | None = None,
              progress: bool = True, log=print) -> dict[str, Any]:  # fmt: skip
     cfg = config or (QUICK if quick else DemoConfig())
     out = Path(out)
+    if not previous_demo(out):
+        raise UserError(f"--out {out}: exists and does not hold an earlier demo; choose another --out")
     started = time.perf_counter()
     log(f"simulating the built-in angiography data ({cfg.n_train} training exams of {', '.join(cfg.classes)}; "
         f"{cfg.frames} frames of {cfg.size}x{cfg.size}) ...")  # fmt: skip
-    sizes = {k: getattr(cfg, k) for k in ("n_train", "n_val", "n_test", "n_heldout", "n_ood")}
-    sets = load_builtin(sizes, size=cfg.size, frames=cfg.frames, seed=cfg.seed, classes=cfg.classes)
+    builtin = BuiltinData(n_train=cfg.n_train, n_val=cfg.n_val, n_test=cfg.n_test, n_heldout=cfg.n_heldout,
+                          n_ood=cfg.n_ood, size=cfg.size, frames=cfg.frames, classes=cfg.classes, seed=cfg.seed)
+    sets = load_builtin(builtin)
+    source = Source("builtin", sets, examset_sha256(*sets.values()), "seconds")
+    splits, rule = training_splits(source, cfg.seed)
     class_names = list(sets["train"].class_names)
     eval_names = [n for n in sets if n not in ("train", "val")]
     ood_names = [n for n in eval_names if n.startswith("ood")]
-    train_cfg = TrainConfig(
-        epochs=cfg.epochs, batch_size=cfg.batch_size, lr=cfg.lr, kl_weight=cfg.kl_weight,
-        anneal_epochs=cfg.anneal_epochs, patience=max(3, cfg.epochs // 2), seed=cfg.seed, progress=progress,
-    )  # fmt: skip
+    train_cfg = TrainConfig(epochs=cfg.epochs, batch_size=cfg.batch_size, lr=cfg.lr,
+                            patience=max(3, cfg.epochs // 2), seed=cfg.seed)  # fmt: skip
     predictions, rules, timings = {}, {}, {}
     for name, options in MODELS.items():
         log(f"training {name} ({options['head']} head, temporal={options['temporal']}) ...")
         t0 = time.perf_counter()
-        options = {**options, "backbone_kwargs": dict(cfg.backbone_kwargs)}
-        model, config = train_model(sets, out / name, "clear_mamba_tiny", options, replace(train_cfg))
-        rules[name] = config["referral"]
+        method = MethodSpec(options["head"], {"kl_weight": cfg.kl_weight, "anneal_epochs": cfg.anneal_epochs}
+                            if options["head"] == "evidential" else {})  # fmt: skip
+        run = RunConfig(data="builtin", arch="clear_mamba_tiny",
+                        model_options={**options, "backbone_kwargs": dict(cfg.backbone_kwargs)}, method=method,
+                        train=train_cfg, builtin=builtin)  # fmt: skip
+        model, record = train_run(run, out / name, overwrite=True, log=log, live=progress,
+                                  data=(source, splits, rule), name=name)  # fmt: skip
+        rules[name] = record.referral
         with torch.no_grad():
             predictions[name] = {s: predict(model, sets[s], train_cfg.eval_batch_size) for s in eval_names}
         timings[name] = round(time.perf_counter() - t0, 1)
@@ -102,6 +126,7 @@ def run_demo(out: str | Path = "runs/demo", quick: bool = False, config: DemoCon
     )
     metrics["claims"] = claims(metrics, predictions)
     metrics["seconds"] = round(time.perf_counter() - started, 1)
+    metrics["command"] = "clearmamba demo" + (" --quick" if quick else "")
     from .checkpoint import write_json
 
     write_json(out / "metrics.json", metrics)

@@ -13,9 +13,12 @@ from typing import Any
 
 import torch
 
+from clearmamba.atomic import atomic_write_text
+from clearmamba.serialize import to_json
 from clearmamba.uncertainty import Prediction
 
-from .checkpoint import atomic_write_text, write_json
+from .checkpoint import FILE_MODE, write_json
+from .record import ReferralEntry
 
 
 def primary_score(prediction: Prediction) -> str:
@@ -23,33 +26,28 @@ def primary_score(prediction: Prediction) -> str:
     return "vacuity" if prediction.evidence is not None else "msp"
 
 
-def referral_rule(validation: Prediction, target_risk: float = 0.05) -> dict[str, Any]:
+def referral_rule(validation: Prediction, labels: torch.Tensor, target_risk: float = 0.05) -> ReferralEntry:
     """The largest-coverage threshold on the primary score whose accepted validation cases err <= target_risk."""
     from clearmamba.evaluation import coverage_at_risk, threshold_for_risk
 
     score_name = primary_score(validation)
     score = validation.score(score_name)
-    correct = validation.predicted == validation.labels
-    return {
-        "score": score_name,
-        "threshold": threshold_for_risk(score, correct, target_risk),
-        "target_risk": target_risk,
-        "validation_coverage": coverage_at_risk(score, correct, target_risk),
-        "validation_n": len(validation),
-    }
+    correct = validation.predicted == labels
+    return ReferralEntry(score_name, threshold_for_risk(score, correct, target_risk), target_risk,
+                         coverage_at_risk(score, correct, target_risk), len(validation))
 
 
-def refer_flags(prediction: Prediction, rule: Mapping[str, Any] | None) -> torch.Tensor:
+def refer_flags(prediction: Prediction, rule: ReferralEntry | None) -> torch.Tensor:
     """True where the case should go to a doctor (score above the validation threshold)."""
-    if not rule:
+    if rule is None:
         return torch.zeros(len(prediction), dtype=torch.bool)
-    return prediction.score(rule["score"]) > rule["threshold"]
+    return prediction.score(rule.score) > rule.threshold
 
 
 def per_sample_rows(
     predictions: Mapping[str, Mapping[str, Prediction]],
     class_names: Sequence[str],
-    rules: Mapping[str, Mapping[str, Any]] | None = None,
+    rules: Mapping[str, ReferralEntry | None] | None = None,
 ) -> list[dict[str, Any]]:
     rows = []
     for model, per_set in predictions.items():
@@ -80,7 +78,7 @@ def write_per_sample_csv(path: Path, rows: list[dict[str, Any]]) -> None:
     writer = csv.DictWriter(buffer, fieldnames=fields)
     writer.writeheader()
     writer.writerows(rows)
-    atomic_write_text(path, buffer.getvalue())
+    atomic_write_text(path, buffer.getvalue(), FILE_MODE)
 
 
 def class_pair_accuracy(prediction: Prediction, class_names: Sequence[str], pair: Sequence[str]) -> float | None:
@@ -99,7 +97,7 @@ def write_evaluation(
     predictions: Mapping[str, Mapping[str, Prediction]],
     class_names: Sequence[str],
     ood_sets: Mapping[str, Sequence[str]] | None = None,
-    rules: Mapping[str, Mapping[str, Any]] | None = None,
+    rules: Mapping[str, ReferralEntry | None] | None = None,
     gallery: Mapping[str, torch.Tensor] | None = None,
     title: str = "clearmamba trust report",
     n_boot: int = 200,
@@ -113,7 +111,7 @@ def write_evaluation(
     out.mkdir(parents=True, exist_ok=True)
     class_names = [str(c) for c in class_names]
     full = compute_report_metrics(predictions, class_names=class_names, ood_sets=ood_sets, n_boot=n_boot)
-    metrics = {"models": headline_metrics(full), "referral": dict(rules or {}), **(extra or {})}
+    metrics = {"models": headline_metrics(full), "referral": to_json(dict(rules or {})), **(extra or {})}
     write_json(out / "metrics.json", json.loads(json.dumps(metrics, default=float)))
     write_json(out / "metrics_full.json", json.loads(json.dumps(full, default=float)))
     write_per_sample_csv(out / "predictions.csv", per_sample_rows(predictions, class_names, rules))

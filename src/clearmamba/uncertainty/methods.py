@@ -37,7 +37,7 @@ Rules the loop can rely on:
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 
 import torch
 from torch import Tensor, nn
@@ -55,6 +55,8 @@ from clearmamba.uncertainty.prediction import Prediction
 from clearmamba.uncertainty.swag import SWAG, refresh_batchnorm
 from clearmamba.uncertainty.variational import ELBOLoss, VariationalClassifier, to_variational
 
+PREDICTION_KINDS = ("softmax", "evidential")
+
 
 class PredictionAdapter(nn.Module):
     """Make a classifier return a ``Prediction`` of the wanted kind (``softmax`` or ``evidential``)."""
@@ -63,20 +65,28 @@ class PredictionAdapter(nn.Module):
         self, model: nn.Module, kind: str = "softmax", evidence: str = "softplus", prior_weight: float = 1.0
     ) -> None:
         super().__init__()
-        if kind not in ("softmax", "evidential"):
-            raise ValueError(f"kind must be 'softmax' or 'evidential', got {kind!r}")
+        if kind not in PREDICTION_KINDS:
+            raise ValueError(f"kind must be one of {PREDICTION_KINDS}, got {kind!r}")
         self.model = model
         self.kind = kind
         self.evidence_name = evidence
         self.evidence_fn = get_evidence_fn(evidence)
         self.prior_weight = prior_weight  # R-EDL: evidence in units of the prior weight, e / lambda
-        if prior_weight != 1.0:
-            for head in model.modules():
-                if isinstance(head, RaPHead):
-                    head.prior_weight = prior_weight
 
-    def forward(self, x: Tensor) -> Prediction:
-        prediction = as_prediction(self.model(x))
+    @classmethod
+    def wrap(cls, model: nn.Module, kind: str, evidence: str = "softplus", prior_weight: float = 1.0) -> nn.Module:
+        """``model`` itself when it already returns ``kind`` predictions (it declares ``prediction_kind``, as
+        clearmamba models do), else the adapter around it; a model of the other kind is an error."""
+        declared = getattr(model, "prediction_kind", None)
+        if declared is None:
+            return cls(model, kind, evidence, prior_weight)
+        if declared != kind:
+            raise ValueError(f"the model returns {declared} predictions but the method trains {kind} ones; build the "
+                             f"model with head={kind!r}")
+        return model
+
+    def forward(self, *inputs: Tensor) -> Prediction:
+        prediction = as_prediction(self.model(*inputs))
         if self.kind == "evidential" and prediction.evidence is None:
             if prediction.logits is None:
                 raise ValueError("an evidential method needs logits to turn into evidence")
@@ -92,6 +102,7 @@ class Method(ABC):
 
     name = "base"
     num_members = 1
+    head = "softmax"  # the kind of head a clearmamba model trained by this method is built with
 
     @abstractmethod
     def prepare(self, model: nn.Module, num_classes: int | None = None, dataset_size: int | None = None) -> nn.Module:
@@ -112,9 +123,9 @@ class Method(ABC):
         return models[0]
 
     @torch.no_grad()
-    def predict(self, model: nn.Module, x: Tensor) -> Prediction:
+    def predict(self, model: nn.Module, *inputs: Tensor) -> Prediction:
         model.eval()
-        return as_prediction(model(x))
+        return as_prediction(model(*inputs))
 
     def __repr__(self) -> str:
         options = ", ".join(f"{k}={v!r}" for k, v in vars(self).items() if not k.startswith("_") and k != "criterion")
@@ -123,16 +134,20 @@ class Method(ABC):
 
 class SoftmaxMethod(Method):
     name = "softmax"
+    head = "softmax"
 
     def __init__(self, label_smoothing: float = 0.0) -> None:
         self.criterion = SoftmaxCrossEntropy(label_smoothing)
 
     def prepare(self, model, num_classes=None, dataset_size=None):
-        return PredictionAdapter(model, "softmax")
+        return PredictionAdapter.wrap(model, "softmax")
 
 
 class EvidentialMethod(Method):
+    """RaP's training objective. The loss is built here, once, by :func:`create_evidential_loss`."""
+
     name = "evidential"
+    head = "evidential"
 
     def __init__(
         self,
@@ -144,11 +159,17 @@ class EvidentialMethod(Method):
         prior_weight: float = 1.0,
         fisher_weight: float = 0.005,
         remove_target: bool = False,
+        annealing: Callable[[float], float] | None = None,
     ):
         """``objective``: ``edl`` (``loss`` mll / ce / sse), ``redl`` (R-EDL, ``prior_weight`` lambda) or
-        ``iedl`` (I-EDL, ``fisher_weight``); ``anneal_epochs <= 0`` keeps the KL weight fixed."""
+        ``iedl`` (I-EDL, ``fisher_weight``). The KL weight follows ``annealing(epoch)`` when given (e.g. labml's
+        ``PiecewiseLinear``), else rises linearly over ``anneal_epochs`` (<= 0: fixed)."""
         self.evidence, self.objective, self.prior_weight = evidence, objective, prior_weight
-        options = {"kl_weight": kl_weight, "kl_anneal_epochs": anneal_epochs, "remove_target": remove_target}
+        options: dict = {"kl_weight": kl_weight, "remove_target": remove_target}
+        if annealing is not None:
+            options["annealing"] = annealing
+        else:
+            options["kl_anneal_epochs"] = anneal_epochs
         if objective == "edl":
             options["loss"] = loss
         elif objective == "redl":
@@ -160,7 +181,11 @@ class EvidentialMethod(Method):
         self.criterion = create_evidential_loss(objective, **options)
 
     def prepare(self, model, num_classes=None, dataset_size=None):
-        return PredictionAdapter(model, "evidential", self.evidence, self.prior_weight)
+        for rap in model.modules():  # R-EDL: the head returns evidence in units of the prior weight
+            if isinstance(rap, RaPHead) and rap.prior_weight != self.prior_weight:
+                raise ValueError(f"objective {self.objective!r} needs RaPHead(prior_weight={self.prior_weight}); the "
+                                 f"model's head has prior_weight={rap.prior_weight}: build it with that option")
+        return PredictionAdapter.wrap(model, "evidential", self.evidence, self.prior_weight)
 
 
 class MCDropoutMethod(Method):
@@ -186,7 +211,7 @@ class EnsembleMethod(Method):
         self.criterion = SoftmaxCrossEntropy()
 
     def prepare(self, model, num_classes=None, dataset_size=None):
-        return PredictionAdapter(model, "softmax")
+        return PredictionAdapter.wrap(model, "softmax")
 
     def combine(self, models):
         if len(models) != self.num_members:
