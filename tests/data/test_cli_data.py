@@ -6,6 +6,7 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from clearmamba.cli.main import app
+from tests.cli.run import assert_clean_error, clearmamba
 
 runner = CliRunner()
 
@@ -22,9 +23,7 @@ def test_generate_then_check(tmp_path):
 
 def test_check_reports_the_bad_row(tmp_path):
     (tmp_path / "m.csv").write_text("path,label\nmissing.png,normal\n")
-    result = runner.invoke(app, ["data", "check", str(tmp_path / "m.csv")])
-    assert result.exit_code == 1
-    assert "m.csv:2" in result.output and "missing.png: file not found" in result.output
+    assert_clean_error(clearmamba("data", "check", tmp_path / "m.csv"), "m.csv:2", "missing.png: file not found")
 
 
 def test_preview_writes_a_grid(tmp_path):

@@ -1,11 +1,12 @@
 import os
 import socket
+from pathlib import Path
 
 import torch
 import torch.multiprocessing as mp
 from safetensors.torch import load_file, save_file
 
-from clearmamba.training import TrainConfig, Trainer
+from clearmamba.training import TrainConfig
 
 
 def free_port() -> int:
@@ -15,18 +16,23 @@ def free_port() -> int:
 
 
 def worker(rank: int, port: int, out: str) -> None:
-    from tests.training.conftest import checkpoint_config, make_exams, tiny_model
+    from clearmamba.training.run import RunState
+    from tests.training.conftest import make_exams, tiny_model
 
     os.environ.update(
         MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), WORLD_SIZE="2", RANK=str(rank), LOCAL_RANK=str(rank),
         CLEARMAMBA_DDP_BACKEND="gloo",
     )  # fmt: skip
     torch.set_num_threads(1)
-    cfg = TrainConfig(epochs=1, batch_size=2, lr=1e-2, warmup_epochs=0, patience=0, progress=False, seed=3)
-    trainer = Trainer(tiny_model(seed=rank), cfg, out, checkpoint_config())
-    assert trainer.dist.world_size == 2 and trainer.dist.rank == rank
-    trainer.fit(make_exams(8), make_exams(2, seed=1, name="val"))
-    save_file({k: v.contiguous() for k, v in trainer.model.state_dict().items()}, f"{out}/rank{rank}.safetensors")
+    from clearmamba.training import fit
+    from clearmamba.training.distributed import DistributedContext
+    from clearmamba.uncertainty import create_method
+
+    assert DistributedContext.from_environment().world_size == 2
+    cfg = TrainConfig(epochs=1, batch_size=2, lr=1e-2, warmup_epochs=0, patience=0, seed=3)
+    result = fit(create_method("evidential"), lambda: tiny_model(seed=rank), make_exams(8), cfg,
+                 val=make_exams(2, seed=1, name="val"), callbacks=[RunState(Path(out), {})])  # fmt: skip
+    save_file({k: v.contiguous() for k, v in result.model.state_dict().items()}, f"{out}/rank{rank}.safetensors")
     torch.distributed.destroy_process_group()
 
 
@@ -43,4 +49,5 @@ def test_two_process_gloo_ddp_keeps_replicas_identical(tmp_path):
     # BatchNorm running statistics stay per rank (each sees its own half); rank 0's are the ones saved
     for key in (k for k in weights[0] if "running_" not in k and "num_batches" not in k):
         assert torch.equal(weights[0][key], weights[1][key]), key
-    assert (tmp_path / "checkpoint" / "model.json").is_file() and (tmp_path / "metrics.csv").is_file()
+    # only rank 0 writes the run folder
+    assert (tmp_path / "last" / "state.json").is_file() and (tmp_path / "metrics.csv").is_file()

@@ -5,38 +5,35 @@ import json
 import pytest
 import torch
 
-from clearmamba.training import TrainConfig, load_model, predict
+from clearmamba.training import TrainConfig, load_run, predict
 from clearmamba.training.checkpoint import CheckpointError
-from clearmamba.training.posthoc import POSTHOC_FILE, exam_features
-from clearmamba.training.run import train_model
+from clearmamba.training.posthoc import POSTHOC_FILE, features
 
-from .conftest import TINY, make_exams
+from .conftest import exam_source, make_exams, train_tiny
 
 
 @pytest.fixture(scope="module")
 def run(tmp_path_factory):
     torch.set_num_threads(1)
-    sets = {"train": make_exams(12, seed=0, name="train"), "val": make_exams(9, seed=1, name="val")}
+    source = exam_source(n_train=12, n_val=9)
     out = tmp_path_factory.mktemp("posthoc") / "run"
-    cfg = TrainConfig(epochs=1, batch_size=6, progress=False)
-    model, config = train_model(sets, out, "clear_mamba_tiny", {k: v for k, v in TINY.items()
-                                                                 if k not in ("num_classes", "in_chans")}, cfg)
-    return sets, out, model, config
+    model, record = train_tiny(out, train=TrainConfig(epochs=1, batch_size=6), source=source)
+    return source.sets, out, model, record
 
 
 def test_evidential_runs_store_the_gate_and_reload_it_exactly(run):
-    sets, out, model, config = run
-    entry = config["posthoc"]
-    assert (out / "checkpoint" / POSTHOC_FILE).is_file() and entry["sharpness"] > 0
-    reloaded, reloaded_config = load_model(out)
-    assert reloaded_config["posthoc"] == entry
+    sets, out, model, record = run
+    entry = record.posthoc
+    assert (out / "checkpoint" / POSTHOC_FILE).is_file() and entry.sharpness > 0
+    reloaded, reloaded_record = load_run(out)
+    assert reloaded_record.posthoc == entry
     first, second = predict(model, sets["val"]), predict(reloaded, sets["val"])
     torch.testing.assert_close(first.evidence, second.evidence)
     # the gate scales evidence by exp(min(0, (log q - r) / w)) of the plain network's features
     plain, gate = reloaded.model.model, reloaded.model
-    features = exam_features(plain, sets["val"])
-    head = plain.head(features)
-    log_q = gate.density.log_density(features)
+    vectors = features(plain, sets["val"])
+    head = plain.head(vectors)
+    log_q = gate.density.log_density(vectors)
     factor = torch.exp(torch.clamp((log_q - gate.reference) / gate.width, max=0)).float()
     expected = reloaded.scaler(type(head).from_evidence(head.evidence * factor[:, None], logits=head.logits))
     torch.testing.assert_close(second.evidence, expected.evidence)
@@ -51,7 +48,7 @@ def test_far_away_exams_get_less_evidence_than_training_exams(run):
 
 
 def test_a_modified_posthoc_file_is_refused(run, tmp_path):
-    _, out, _, config = run
+    _, out, _, _ = run
     import shutil
 
     copy = tmp_path / "copy"
@@ -60,5 +57,5 @@ def test_a_modified_posthoc_file_is_refused(run, tmp_path):
     data[-1] ^= 0xFF
     (copy / POSTHOC_FILE).write_bytes(bytes(data))
     with pytest.raises(CheckpointError, match=POSTHOC_FILE):
-        load_model(copy)
+        load_run(copy)
     json.loads((copy / "model.json").read_text())  # the config itself is untouched
