@@ -343,9 +343,3 @@ def with_classes(config: SimulatorConfig, classes: tuple[str, ...]) -> Simulator
     """A copy of ``config`` simulating only ``classes``."""
     return replace(config, classes=tuple(classes))
 
-
-def make_builtin_splits(*args, **kwargs):
-    """See :func:`clearmamba.data.builtin.make_builtin_splits`."""
-    from clearmamba.data.builtin import make_builtin_splits as make
-
-    return make(*args, **kwargs)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from torch import Tensor, nn
 
-from .clear_mamba import ClearMamba, build_clear_model
+from .clear_mamba import OTHER_BACKBONES, ClearMamba, build_clear_model
 from .registry import register_model
 
 
@@ -63,6 +63,7 @@ BASELINE_SIZES = {
     "clear_resnet18": {"backbone": "monai_resnet18"},
     "clear_densenet121": {"backbone": "monai_densenet121"},
 }
+OTHER_BACKBONES.update(BASELINE_SIZES)
 
 
 @register_model

@@ -170,6 +170,10 @@ SIZES: dict[str, dict] = {
 }
 
 
+# CLEAR-Mamba heads on other backbones (models.baselines adds the MONAI ones), so check_options knows them
+OTHER_BACKBONES: dict[str, dict] = {}
+
+
 def build_clear_model(name: str, sizes: dict[str, dict], **kwargs) -> ClearMamba:
     fields = ClearMambaConfig.__dataclass_fields__
     unknown = sorted(set(kwargs) - set(fields))
@@ -182,9 +186,7 @@ def build_clear_model(name: str, sizes: dict[str, dict], **kwargs) -> ClearMamba
 
 def check_options(name: str, options: dict) -> None:
     """Raise ``ValueError`` naming the field when ``options`` do not fit model ``name``, without building it."""
-    from .baselines import BASELINE_SIZES
-
-    sizes = {**SIZES, **BASELINE_SIZES}
+    sizes = {**SIZES, **OTHER_BACKBONES}
     if name not in sizes:
         raise ValueError(f"unknown CLEAR-Mamba model {name!r}; expected one of {sorted(sizes)}")
     fields = ClearMambaConfig.__dataclass_fields__
