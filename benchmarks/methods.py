@@ -65,7 +65,7 @@ def build_backbone(in_chans: int, num_classes: int, patch_size: int, stem: str =
     from clearmamba.models import create_model
 
     # MedMamba-nano cut to 3 stages: 32 px / patch 4 / 3 stages keeps a 2x2 last feature map for CAL; the conv
-    # stem because the published linear patchify memorises at this size (docs/architecture.md)
+    # stem because the published linear patchify memorises at this size (docs/design/why-the-demo-learns.md)
     return create_model(
         "medmamba_nano",
         in_chans=in_chans,

@@ -63,7 +63,7 @@ class ConvStem(nn.Sequential):
     32-64 px frames) MedMamba then memorises the training set: validation at chance on the built-in data with
     either patchify or convolutions before it. Max-pooling keeps a small bright spot's response however the
     patch grid falls, and the same backbone behind this stem generalises (0.87 against 0.45 validation
-    accuracy, docs/architecture.md). "Early convolutions help transformers see better" (Xiao et al. 2021)
+    accuracy, docs/design/why-the-demo-learns.md). "Early convolutions help transformers see better" (Xiao et al. 2021)
     reports the same for ViTs.
     """
 
