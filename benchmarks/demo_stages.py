@@ -1,7 +1,7 @@
 """Wall time of each stage of ``clearmamba demo --quick``, so regressions show.
 
 The stages are timed by wrapping the functions ``training/demo.py`` calls (no edits to the demo):
-``load_builtin`` (data), ``train_model`` once per model (training + validation + referral rule),
+``load_builtin`` (data), ``train_run`` once per model (training + validation + post-hoc + referral rule),
 ``predict`` on the evaluation sets (evaluation, per model) and ``write_evaluation`` (metrics + report).
 Shares of the total are the headline; absolute seconds move with the machine's load.
 
@@ -58,13 +58,13 @@ def run_once(full: bool) -> tuple[float, dict[str, float]]:
 
         return wrapper
 
-    def training_stage(sets, out, *args, **kwargs):
+    def training_stage(config, out, *args, **kwargs):
         current["model"] = out.name  # the demo trains each model into <out>/<model name>
         return f"train {out.name}"
 
     patches = {
         "load_builtin": timed(lambda *a, **k: "data", demo.load_builtin),
-        "train_model": timed(training_stage, demo.train_model),
+        "train_run": timed(training_stage, demo.train_run),
         "predict": timed(lambda *a, **k: f"evaluate {current['model']}", demo.predict),
         "write_evaluation": timed(lambda *a, **k: "report", demo.write_evaluation),
     }
@@ -89,8 +89,8 @@ def markdown(report: dict) -> str:
         f"## Demo stages (`{report['demo']}`)",
         "",
         f"Command: `{report['command']}`. Machine: {describe(report['machine'])}. Stages timed by wrapping the "
-        "functions `training/demo.py` calls (data = `load_builtin`; train = `train_model`, which includes its "
-        "validation pass and referral rule; evaluate = `predict` on the test, held-out and OOD sets; report = "
+        "functions `training/demo.py` calls (data = `load_builtin`; train = `train_run`, which includes its "
+        "validation passes, RaP's post-hoc fit and the referral rule; evaluate = `predict` on the test, held-out and OOD sets; report = "
         f"`write_evaluation`). Median of {report.get('runs', 1)} runs per stage; the first model's training also "
         "pays one-time costs (loading the fused scan kernel, first-call allocations).",
         "",

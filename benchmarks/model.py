@@ -48,16 +48,17 @@ def batch() -> tuple[torch.Tensor, torch.Tensor]:
 
 def steps(model: torch.nn.Module, exams: int = EXAMS):
     """(train_step, infer) closures with the demo's loss and optimizer."""
-    from clearmamba.training.loop import TrainConfig, make_loss
+    from clearmamba.training import TrainConfig, build_optimizer
+    from clearmamba.uncertainty import create_method
 
     x, y = batch()
     x, y = x[:exams], y[:exams]
-    loss_fn = make_loss(model, TrainConfig())
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    method = create_method(model.prediction_kind)  # the demo's loss for this head (RaP: KL 0.05 fixed)
+    optimizer = build_optimizer(model, TrainConfig())
 
     def train_step():
         model.train()
-        loss = loss_fn(model(x), y, epoch=0.5)
+        loss = method.loss(model(x), y, epoch=0.5)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
