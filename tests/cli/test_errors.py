@@ -58,6 +58,10 @@ def test_a_head_typo_names_the_flag_and_the_choices(tmp_path):
     assert_clean_error(result, "--head", "'evidental'", "evidential", "softmax")
 
 
+def test_an_out_of_range_learning_rate_names_the_flag(tmp_path):
+    assert_clean_error(clearmamba("train", "--data", "builtin", "--out", tmp_path / "r", "--lr", "0"), "--lr: 0.0")
+
+
 def test_an_existing_out_and_nothing_to_resume(tmp_path, run):
     assert_clean_error(clearmamba("train", "--data", "builtin", "--out", run), "--out", "already exists", "--overwrite")
     assert_clean_error(clearmamba("train", "--data", "builtin", "--out", tmp_path / "new", "--resume"),

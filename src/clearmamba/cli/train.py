@@ -118,10 +118,14 @@ def train(
         raise UserError(f"--model {model}: {error}") from None
     size = parse_frame_size(frame_size)
     method = MethodSpec(head, {"kl_weight": kl_weight, "evidence": evidence} if head == "evidential" else {})
+    try:
+        train_cfg = TrainConfig(epochs=epochs, batch_size=batch_size, lr=lr, balanced_sampling=balanced, seed=seed,
+                                device=device_option(device))  # fmt: skip
+    except ValueError as error:  # TrainConfig names its field; the user typed the flag
+        field = str(error).split(":")[0].removeprefix("TrainConfig.")
+        raise UserError(f"--{field.replace('_', '-')}: {str(error).split(': ', 1)[-1]}") from None
     cfg = RunConfig(
-        data=data, arch=model, model_options=options, method=method,
-        train=TrainConfig(epochs=epochs, batch_size=batch_size, lr=lr, balanced_sampling=balanced, seed=seed,
-                          device=device_option(device)),
+        data=data, arch=model, model_options=options, method=method, train=train_cfg,
         read=ReadOptions(channels=channels, size=size or ((32, 32) if data == "builtin" else None),
                          max_pixels=max_pixels, encoding=encoding),
         classes=tuple(c.strip() for c in classes.split(",")) if classes else None, target_risk=target_risk,
