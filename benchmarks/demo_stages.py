@@ -90,7 +90,8 @@ def markdown(report: dict) -> str:
         "",
         f"Command: `{report['command']}`. Machine: {describe(report['machine'])}. Stages timed by wrapping the "
         "functions `training/demo.py` calls (data = `load_builtin`; train = `train_run`, which includes its "
-        "validation passes, RaP's post-hoc fit and the referral rule; evaluate = `predict` on the test, held-out and OOD sets; report = "
+        "validation passes, RaP's post-hoc fit and the referral rule; evaluate = `predict` on the test, held-out "
+        "and OOD sets; report = "
         f"`write_evaluation`). Median of {report.get('runs', 1)} runs per stage; the first model's training also "
         "pays one-time costs (loading the fused scan kernel, first-call allocations).",
         "",
