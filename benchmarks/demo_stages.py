@@ -1,8 +1,9 @@
 """Wall time of each stage of ``clearmamba demo --quick``, so regressions show.
 
 The stages are timed by wrapping the functions ``training/demo.py`` calls (no edits to the demo):
-``load_builtin`` (data), ``train_run`` once per model (training + validation + post-hoc + referral rule),
-``predict`` on the evaluation sets (evaluation, per model) and ``write_evaluation`` (metrics + report).
+``load_builtin`` (data), ``train_twins`` (the three models' training, validation, post-hoc fit and referral rule,
+side by side in worker processes for the full demo), ``predict`` on the evaluation sets (evaluation, per model)
+and ``write_evaluation`` (metrics + report).
 Shares of the total are the headline; absolute seconds move with the machine's load.
 
     python -m benchmarks.demo_stages [--threads 1] [--full]
@@ -58,13 +59,14 @@ def run_once(full: bool) -> tuple[float, dict[str, float]]:
 
         return wrapper
 
-    def training_stage(config, out, *args, **kwargs):
-        current["model"] = out.name  # the demo trains each model into <out>/<model name>
-        return f"train {out.name}"
+    def loading_stage(folder, *args, **kwargs):
+        current["model"] = folder.name  # the demo loads each twin from <out>/<model name>, then predicts with it
+        return "load checkpoints"
 
     patches = {
         "load_builtin": timed(lambda *a, **k: "data", demo.load_builtin),
-        "train_run": timed(training_stage, demo.train_run),
+        "train_twins": timed(lambda *a, **k: "train (the three twins)", demo.train_twins),
+        "load_run": timed(loading_stage, demo.load_run),
         "predict": timed(lambda *a, **k: f"evaluate {current['model']}", demo.predict),
         "write_evaluation": timed(lambda *a, **k: "report", demo.write_evaluation),
     }
@@ -89,7 +91,7 @@ def markdown(report: dict) -> str:
         f"## Demo stages (`{report['demo']}`)",
         "",
         f"Command: `{report['command']}`. Machine: {describe(report['machine'])}. Stages timed by wrapping the "
-        "functions `training/demo.py` calls (data = `load_builtin`; train = `train_run`, which includes its "
+        "functions `training/demo.py` calls (data = `load_builtin`; train = `train_twins`, which includes the "
         "validation passes, RaP's post-hoc fit and the referral rule; evaluate = `predict` on the test, held-out "
         "and OOD sets; report = "
         f"`write_evaluation`). Median of {report.get('runs', 1)} runs per stage; the first model's training also "
