@@ -19,7 +19,7 @@ SGR, Geifman & El-Yaniv 2017):
   thresholds are order statistics, where the per-level tests are valid one by one and Bonferroni needs nothing
   more.
 
-Binomial tails are computed here (log-space sums with ``lgamma``) so that the core needs no scipy; the tests
+Binomial tails are computed here (log-space sums of the pmf recurrence) so that the core needs no scipy; the tests
 compare them with ``scipy.stats``.
 """
 
@@ -28,7 +28,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-import torch
+import numpy as np
 from torch import Tensor
 
 from ._inputs import ArrayLike, as_bool, as_score
@@ -52,16 +52,12 @@ def binomial_cdf(k: int, n: int, p: float) -> float:
         return 1.0
     if p >= 1.0:
         return 0.0
-    i = torch.arange(k + 1, dtype=torch.float64)
-    # log C(n, i) + i log p + (n - i) log(1 - p), summed in log space
-    log_pmf = (
-        math.lgamma(n + 1)
-        - torch.lgamma(i + 1)
-        - torch.lgamma(n - i + 1)
-        + i * math.log(p)
-        + (n - i) * math.log1p(-p)
-    )
-    return min(1.0, math.exp(torch.logsumexp(log_pmf, 0).item()))
+    # log pmf(0) = n log(1 - p);  pmf(i + 1) / pmf(i) = (n - i) / (i + 1) * p / (1 - p); summed in log space
+    i = np.arange(k, dtype=np.float64)
+    steps = np.log(n - i) - np.log1p(i) + (math.log(p) - math.log1p(-p))
+    log_pmf = n * math.log1p(-p) + np.concatenate([[0.0], np.cumsum(steps)])
+    top = log_pmf.max()
+    return min(1.0, math.exp(top + math.log(np.exp(log_pmf - top).sum())))
 
 
 def _solve_decreasing(fn, target: float, low: float, high: float, iterations: int = 80) -> float:
