@@ -41,6 +41,7 @@ from .detection import (
     roc_curve_points,
 )
 from .naming import public_name, score_label
+from .operating_point import OperatingPoint, Proportion, operating_point
 from .referral import (
     ACCEPT,
     REFER_UNCERTAIN,
@@ -75,6 +76,8 @@ __all__ = [
     "Decisions",
     "ExamDecision",
     "GuaranteeUnavailableError",
+    "OperatingPoint",
+    "Proportion",
     "RedrawResult",
     "ReferralRule",
     "ReferralRuleError",
@@ -86,6 +89,7 @@ __all__ = [
     "certify_selective_risk",
     "decide",
     "fit_referral_rule",
+    "operating_point",
     "public_name",
     "referral_redraws",
     "score_label",
