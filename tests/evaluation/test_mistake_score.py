@@ -12,7 +12,7 @@ from clearmamba.evaluation.mistake_score import (
     fit_logistic_combination,
     mistake_score,
 )
-from clearmamba.evaluation.referral_redraws import synthetic_predictions
+from clearmamba.evaluation.redraws import synthetic_predictions
 from clearmamba.uncertainty import Prediction
 
 

@@ -5,7 +5,7 @@ import pytest
 from scipy.stats import beta
 
 from clearmamba.evaluation import bootstrap_ci, decide, fit_referral_rule, operating_point
-from clearmamba.evaluation.referral_redraws import synthetic_predictions
+from clearmamba.evaluation.redraws import synthetic_predictions
 
 
 def _clopper_pearson(k, n, level=0.95):

@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from clearmamba.errors import UserError
+from clearmamba.evaluation.redraws import synthetic_predictions
 from clearmamba.evaluation.referral import (
     ACCEPT,
     REFER_UNCERTAIN,
@@ -19,7 +20,6 @@ from clearmamba.evaluation.referral import (
     fit_referral_rule,
     unfamiliar_threshold,
 )
-from clearmamba.evaluation.referral_redraws import synthetic_predictions
 from clearmamba.evaluation.referral_rule import ReferralRule, ReferralRuleError
 from clearmamba.uncertainty import Prediction
 

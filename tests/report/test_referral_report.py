@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from clearmamba.evaluation import OperatingPoint, Proportion, decide, fit_referral_rule, operating_point
-from clearmamba.evaluation.referral_redraws import synthetic_predictions
+from clearmamba.evaluation.redraws import synthetic_predictions
 from clearmamba.report import GalleryExam, Provenance, compute_report_metrics, take_home_messages, write_report
 from clearmamba.report import figures as fg
 from clearmamba.report.metrics import CALIBRATION_BINS

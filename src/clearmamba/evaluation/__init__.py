@@ -53,7 +53,6 @@ from .referral import (
     decide,
     fit_referral_rule,
 )
-from .referral_redraws import RedrawResult, referral_redraws
 from .referral_rule import ReferralRule, ReferralRuleError, ScoreReference
 from .risk_control import RiskCertificate, binomial_interval, binomial_upper_bound, certify_selective_risk
 from .selective import (
@@ -131,3 +130,12 @@ __all__ = [
     "top_label",
     "wrong_answer_confidence",
 ]
+
+
+def __getattr__(name: str):
+    # the re-draw experiment loads on first use, so `python -m clearmamba.evaluation.redraws` runs it cleanly
+    if name in ("referral_redraws", "RedrawResult"):
+        from . import redraws
+
+        return getattr(redraws, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

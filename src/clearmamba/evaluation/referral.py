@@ -348,10 +348,11 @@ class Decisions:
         in_set = tuple(names[k] for k in torch.nonzero(self.sets[i]).squeeze(1).tolist())
         if outcome == REFER_UNFAMILIAR:
             r = readings[0]
+            n_ref = len(rule.unfamiliar_reference.values)
+            share = f"all {n_ref}" if r.percentile >= 100 else f"{r.percentile:.1f}% of the {n_ref}"
             reason = (f"unlike the exams the model was validated on: {score_label(r.name)} {r.value:.4g} is above "
-                      f"{r.threshold:.4g}; more unusual than {r.percentile:.1f}% of the "
-                      f"{len(rule.unfamiliar_reference.values)} validation exams (p = {r.p_value:.3g} <= "
-                      f"{1 - rule.id_pass_rate:.3g})")  # fmt: skip
+                      f"{r.threshold:.4g}; more unusual than {share} validation exams (p = {r.p_value:.3g} <= "
+                      f"{1 - rule.id_pass_rate:.2g})")  # fmt: skip
         elif outcome == REFER_UNCERTAIN:
             r = readings[-1]
             if leading is None:

@@ -218,7 +218,8 @@ def referral_figure(
 ) -> str:
     """Accuracy on the cases the model keeps, against the share it refers to a doctor.
 
-    Dots mark the operating points ``fractions``; with one or two models each dot carries its value.
+    Dots mark the operating points ``fractions``; with one model each dot carries its value (the table beside the
+    figure has them all).
     """
     max_referred = min(1.0, max(max_referred, *(f + 0.1 for f in fractions))) if fractions else max_referred
     with _figure(10, 5.6) as fig:
@@ -231,11 +232,11 @@ def referral_figure(
             for f in fractions:
                 j = int(np.argmin(np.abs(referred - f)))
                 ax.plot(referred[j], accuracy[j], "o", color=colour, ms=7)
-                if len(curves) <= 2:  # first model's values above its dots, second's below
+                if len(curves) == 1:  # with more curves the values crowd each other: the table below has them
                     ax.annotate(
                         f"{100 * accuracy[j]:.0f}%",
                         (referred[j], accuracy[j]),
-                        xytext=(0, 10 if i == 0 else -18),
+                        xytext=(0, 10),
                         textcoords="offset points",
                         ha="center",
                         fontsize=11,

@@ -148,14 +148,24 @@ def _order(d: Decisions) -> list[int]:
 
 
 def referral_lists(
-    decisions: Mapping[str, Mapping[str, Decisions]], metrics: Mapping[str, Any], per_set: int = 12
+    decisions: Mapping[str, Mapping[str, Decisions]], metrics: Mapping[str, Any], per_set: int = 8
 ) -> list[dict[str, Any]]:
-    """Per model and set: the referred exams with their reasons (at most ``per_set`` shown, the count of the rest)."""
+    """Per model and set: the referred exams with their reasons (at most ``per_set`` shown, the count of the rest).
+
+    OOD sets are summed up in a line (the operating point table has their shares); listing their exams one by one
+    would bury the queue a doctor actually works through."""
     out = []
     for model, sets in decisions.items():
         blocks = []
         for name, d in sets.items():
             order = _order(d)
+            role = metrics["models"][model]["sets"][name]["role"]
+            if role == "ood":
+                unfamiliar = sum(o == REFER_UNFAMILIAR for o in d.outcome)
+                blocks.append({"set": name, "role": role, "referred": len(order), "n": len(d), "rows": [],
+                               "more": 0, "head": [], "summary": f"{unfamiliar} as unfamiliar, "
+                               f"{len(order) - unfamiliar} as uncertain"})  # fmt: skip
+                continue
             rows = []
             for i in order[:per_set]:
                 e = d.exam(i)
@@ -164,9 +174,8 @@ def referral_lists(
                              cell(e.leading_class or "none (tie)", left=True),
                              cell(" or ".join(e.prediction_set) if e.prediction_set else "—", left=True),
                              cell(pct(e.confidence))])  # fmt: skip
-            role = metrics["models"][model]["sets"][name]["role"]
             blocks.append({"set": name, "role": role, "referred": len(order), "n": len(d), "rows": rows,
-                           "more": max(0, len(order) - per_set),
+                           "more": max(0, len(order) - per_set), "summary": None,
                            "head": ["Exam", "Refer as", "Why", "Leading class",
                                     f"Possible classes ({pct(1 - d.rule.set_alpha)} set)", "Confidence"]})  # fmt: skip
         out.append({"model": model, "sets": blocks})
@@ -222,12 +231,12 @@ def gallery_groups(
     rank_sets = [s for s in predictions[ranking_model] if s not in oods] or list(predictions[ranking_model])
     shown: set[str] = set()
 
-    def cards_for(candidates) -> list[dict[str, Any]]:
+    def cards_for(candidates, limit: int) -> list[dict[str, Any]]:
         cards = []
         for set_name, i in candidates:
             pred = predictions[ranking_model][set_name]
             exam_id = str(pred.ids[i])
-            if exam_id in shown or exam_id not in gallery or len(shown) >= n_exams:
+            if exam_id in shown or exam_id not in gallery or len(cards) >= limit:
                 continue
             shown.add(exam_id)
             labelled = metrics["models"][ranking_model]["sets"][set_name]["role"] == "in-distribution"
@@ -240,6 +249,7 @@ def gallery_groups(
     with_ids = [s for s in rank_sets if predictions[ranking_model][s].ids is not None]
     if decisions is not None:
         groups = []
+        limit = -(-n_exams // 2)  # half the cards for each reason
         for outcome, heading, caption in (
             (REFER_UNCERTAIN, f"Referred as uncertain: the exams {ranking_model} was least sure about",
              "Least sure first: the exams where its mistake score was highest, or its top classes tied."),
@@ -248,7 +258,7 @@ def gallery_groups(
              "model has not seen exams like them, not because it says it is unsure."),
         ):
             candidates = [(s, i) for s in with_ids for i in _order(decisions[s]) if decisions[s].outcome[i] == outcome]
-            cards = cards_for(candidates)
+            cards = cards_for(candidates, limit)
             if cards:
                 groups.append({"heading": heading, "caption": caption, "cards": cards})
         return groups
@@ -258,7 +268,7 @@ def gallery_groups(
         score = predictions[ranking_model][s].score(score_name).double()
         ranked += [(float(score[i]), s, i) for i in range(len(score))]
     ranked.sort(key=lambda c: -c[0])
-    cards = cards_for([(s, i) for _, s, i in ranked])
+    cards = cards_for([(s, i) for _, s, i in ranked], n_exams)
     if not cards:
         return []
     sure_word = "least sure" if score_name in ("msp", "entropy") else f"highest {score_label(score_name)}"

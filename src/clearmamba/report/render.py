@@ -135,7 +135,7 @@ def render_report(
     provenance: Provenance | None = None,
     operating: Mapping[str, Mapping[str, OperatingPoint]] | None = None,
     groups: Mapping[str, Sequence] | None = None,
-    referrals_per_set: int = 12,
+    referrals_per_set: int = 8,
 ) -> str:
     rules = rv.check_rules(predictions, rules)
     main = main_set(metrics)
@@ -206,7 +206,7 @@ def write_report(
     rules: Mapping[str, ReferralRule] | None = None,
     provenance: Provenance | None = None,
     operating: Mapping[str, Mapping[str, OperatingPoint]] | None = None,
-    referrals_per_set: int = 12,
+    referrals_per_set: int = 8,
 ) -> Path:
     """Write the trust report for ``predictions[model][eval_set]`` to ``path`` (one HTML file) and return it.
 

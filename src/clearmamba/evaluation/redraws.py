@@ -5,7 +5,7 @@ calibration set of the validation size at random ``n_draws`` times, fits the rul
 (:func:`~clearmamba.evaluation.referral.fit_referral_rule`) and applies it to the remaining exams and to every
 OOD set. The promise holds in a draw when the error among accepted held-out exams is <= the target; the goal is
 >= ``1 - delta`` of the draws. Run it on a trained checkpoint's predictions; ``python -m
-clearmamba.evaluation.referral_redraws`` runs it on :func:`synthetic_predictions` (not a measurement of any model).
+clearmamba.evaluation.redraws`` runs it on :func:`synthetic_predictions` (not a measurement of any model).
 
 Synthetic exams: a difficulty ``z ~ U(0, 1)`` sets the chance of a wrong answer, ``eta(z) = 0.3 z^3``, and the
 model's top probability, ``max p = 1 - 0.999 (1 - 1/k) z``; so ``1 - max p`` ranks mistakes perfectly in
@@ -28,8 +28,10 @@ import torch
 
 from clearmamba.uncertainty import Prediction
 
-from .mistake_score import select_exams
+from .mistake_score import mistake_score, select_exams
+from .naming import prediction_key
 from .referral import decide, fit_referral_rule
+from .selective import threshold_for_risk
 
 SYNTHETIC_OOD_SHIFTS = {"ood_near": 2.5, "ood_far": 6.0}
 
@@ -66,6 +68,9 @@ class RedrawOutcome:
     test_accepted_error: float  # error among them (NaN when none is accepted)
     test_accepted: int
     ood_accepted: dict[str, float]  # share of each OOD set accepted
+    # the old rule for comparison: the empirical largest-coverage threshold on validation (no guarantee)
+    empirical_test_coverage: float = float("nan")
+    empirical_test_accepted_error: float = float("nan")
 
 
 @dataclass(frozen=True)
@@ -84,6 +89,14 @@ class RedrawResult:
         ok = [not (d.test_accepted_error > self.target_risk) for d in self.draws]
         return sum(ok) / len(ok)
 
+    @property
+    def empirical_held(self) -> float:
+        """The same share for the empirical threshold (NaN when it was not computed)."""
+        if all(math.isnan(d.empirical_test_coverage) for d in self.draws):
+            return float("nan")
+        ok = [not (d.empirical_test_accepted_error > self.target_risk) for d in self.draws]
+        return sum(ok) / len(ok)
+
     def summary(self) -> dict[str, Any]:
         coverage = [d.test_coverage for d in self.draws]
         errors = [d.test_accepted_error for d in self.draws if not math.isnan(d.test_accepted_error)]
@@ -99,6 +112,8 @@ class RedrawResult:
             "ood_accepted_mean": {o: sum(d.ood_accepted[o] for d in self.draws) / len(self.draws)
                                   for o in self.ood_sizes},  # fmt: skip
             "ood_accepted_max": {o: max(d.ood_accepted[o] for d in self.draws) for o in self.ood_sizes},
+            "empirical_held": self.empirical_held,
+            "empirical_test_coverage_mean": sum(d.empirical_test_coverage for d in self.draws) / len(self.draws),
             "seconds": self.seconds,
         }
 
@@ -119,6 +134,10 @@ class RedrawResult:
                      f"{100 * s['test_coverage_mean']:.1f} % (min {100 * s['test_coverage_min']:.1f} %); "
                      f"calibration {self.calibration_size} exams, held-out test {self.test_size}; "
                      f"{s['seconds']:.1f} s.")  # fmt: skip
+        if not math.isnan(s["empirical_held"]):
+            lines.append(f"The empirical threshold (largest validation coverage with error <= target, no "
+                         f"guarantee) held in {100 * s['empirical_held']:.0f} % of the draws at mean test coverage "
+                         f"{100 * s['empirical_test_coverage_mean']:.1f} %.")  # fmt: skip
         return "\n".join(lines)
 
 
@@ -130,12 +149,15 @@ def referral_redraws(
     n_draws: int = 20,
     calibration_size: int | None = None,
     seed: int = 0,
+    compare_empirical: bool = False,
     **fit_options: Any,
 ) -> RedrawResult:
     """Re-draw the calibration set ``n_draws`` times from validation + test (labelled, in distribution).
 
     ``calibration_size``: exams per calibration draw (default: the validation size); the rest is held out.
     ``fit_options`` go to :func:`fit_referral_rule` (``target_risk``, ``delta``, ``id_pass_rate``, ...).
+    ``compare_empirical``: also apply the empirical threshold of the same mistake score (the largest validation
+    coverage whose observed error is <= target, what clearmamba did before), to show what the guarantee buys.
     """
     started = time.perf_counter()
     pooled = Prediction.cat([validation.detach().to("cpu"), test.detach().to("cpu")])
@@ -158,12 +180,23 @@ def referral_redraws(
         accepted = decide(held_prediction, rule).accepted
         wrong = held_prediction.predicted != pooled.labels[held]
         n_accepted = int(accepted.sum())
+        empirical = {}
+        if compare_empirical:
+            key = prediction_key(rule.mistake_score)
+            cal_prediction = select_exams(pooled, cal)
+            cal_wrong = cal_prediction.predicted != pooled.labels[cal]
+            threshold = threshold_for_risk(mistake_score(cal_prediction, key, rule.combination), ~cal_wrong, target)
+            kept = mistake_score(held_prediction, key, rule.combination) <= threshold
+            empirical = {"empirical_test_coverage": float(kept.double().mean()),
+                         "empirical_test_accepted_error": float(wrong[kept].double().mean()) if bool(kept.any())
+                         else float("nan")}  # fmt: skip
         outcomes.append(RedrawOutcome(
             draw=draw, guaranteed=rule.guaranteed, mistake_score=rule.mistake_score,
             calibration_coverage=rule.calibration_coverage, test_coverage=n_accepted / len(held),
             test_accepted_error=float(wrong[accepted].double().mean()) if n_accepted else float("nan"),
             test_accepted=n_accepted,
             ood_accepted={o: float(decide(p, rule).accepted.double().mean()) for o, p in ood.items()},
+            **empirical,
         ))  # fmt: skip
     return RedrawResult(target, delta, n_cal, len(pooled) - n_cal, {o: len(p) for o, p in ood.items()},
                         tuple(outcomes), time.perf_counter() - started)  # fmt: skip
@@ -178,12 +211,13 @@ def _synthetic_sets(n_val: int, n_test: int, n_ood: int, seed: int) -> tuple[Pre
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    """``python -m clearmamba.evaluation.referral_redraws [n_val n_test]``: the synthetic re-draw table."""
+    """``python -m clearmamba.evaluation.redraws [n_val n_test n_draws]``: the synthetic re-draw table."""
     argv = list(sys.argv[1:] if argv is None else argv)
     n_val = int(argv[0]) if argv else 1000
     n_test = int(argv[1]) if len(argv) > 1 else 1000
+    n_draws = int(argv[2]) if len(argv) > 2 else 20
     validation, test, ood = _synthetic_sets(n_val, n_test, 500, seed=0)
-    result = referral_redraws(validation, test, ood, n_draws=20)
+    result = referral_redraws(validation, test, ood, n_draws=n_draws, compare_empirical=True)
     print(result.table())
 
 

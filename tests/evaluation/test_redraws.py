@@ -7,13 +7,13 @@ import warnings
 import pytest
 import torch
 
-from clearmamba.evaluation.referral import ReferralWarning, decide, fit_referral_rule
-from clearmamba.evaluation.referral_redraws import (
+from clearmamba.evaluation.redraws import (
     referral_redraws,
     synthetic_error_rate,
     synthetic_predictions,
     true_accepted_error,
 )
+from clearmamba.evaluation.referral import ReferralWarning, decide, fit_referral_rule
 
 
 def test_synthetic_error_rate_is_what_the_generator_draws():
