@@ -63,6 +63,7 @@ class RedrawOutcome:
     draw: int
     guaranteed: bool
     mistake_score: str
+    mistake_threshold: float
     calibration_coverage: float
     test_coverage: float  # share of held-out in-distribution exams accepted
     test_accepted_error: float  # error among them (NaN when none is accepted)
@@ -192,6 +193,7 @@ def referral_redraws(
                          else float("nan")}  # fmt: skip
         outcomes.append(RedrawOutcome(
             draw=draw, guaranteed=rule.guaranteed, mistake_score=rule.mistake_score,
+            mistake_threshold=rule.mistake_threshold,
             calibration_coverage=rule.calibration_coverage, test_coverage=n_accepted / len(held),
             test_accepted_error=float(wrong[accepted].double().mean()) if n_accepted else float("nan"),
             test_accepted=n_accepted,
@@ -219,6 +221,11 @@ def main(argv: Sequence[str] | None = None) -> None:
     validation, test, ood = _synthetic_sets(n_val, n_test, 500, seed=0)
     result = referral_redraws(validation, test, ood, n_draws=n_draws, compare_empirical=True)
     print(result.table())
+    # the synthetic model's true error among accepted exams is known in closed form (1 - max p rules only)
+    true = [true_accepted_error(d.mistake_threshold) for d in result.draws if d.mistake_score == "one_minus_max_prob"]
+    held = sum(e <= result.target_risk for e in true)
+    print(f"True accepted error (closed form) <= {100 * result.target_risk:.3g} % in {held} of {len(true)} draws "
+          f"(mean {100 * sum(true) / max(len(true), 1):.2f} %).")
 
 
 def true_accepted_error(rule_threshold: float, k: int = 4) -> float:
