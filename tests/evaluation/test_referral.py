@@ -65,6 +65,11 @@ def test_each_referral_reason(rule):
     assert set(record["scores"]) == {"neg_log_density", "one_minus_max_prob"}  # the public names, no "msp"
     assert record["scores"]["one_minus_max_prob"]["value"] == pytest.approx(0.7)
     assert record["confidence"] == pytest.approx(0.3)
+    row = unsure.flat()  # the CSV row: the same names, flat
+    assert row["one_minus_max_prob"] == pytest.approx(0.7) and row["p_leakage"] == pytest.approx(0.3)
+    assert row["neg_log_density_p_value"] == record["scores"]["neg_log_density"]["p_value"]
+    assert row["decision"] == REFER_UNCERTAIN and row["diagnosis"] == "" and "leakage" in row["prediction_set"]
+    assert not any(key.startswith("msp") for key in row)
 
 
 def test_a_tie_is_referred_even_when_nothing_else_is():

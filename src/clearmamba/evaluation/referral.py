@@ -294,6 +294,21 @@ class ExamDecision:
                 "prediction_set": None if self.prediction_set is None else list(self.prediction_set),
                 "scores": {s.name: s.to_dict() for s in self.scores}}  # fmt: skip
 
+    def flat(self) -> dict[str, Any]:
+        """One flat row for a CSV: ``p_<class>``, and per score ``<name>``, ``<name>_threshold``,
+        ``<name>_percentile`` (and ``<name>_p_value`` for the unfamiliar score); sets joined with " or "."""
+        row: dict[str, Any] = {"exam": self.exam, "decision": self.decision, "reason": self.reason,
+                               "diagnosis": self.diagnosis or "", "leading_class": self.leading_class or "",
+                               "confidence": self.confidence}  # fmt: skip
+        row.update({f"p_{c}": p for c, p in self.probabilities.items()})
+        for s in self.scores:
+            row.update({s.name: s.value, f"{s.name}_threshold": _plain(s.threshold),
+                        f"{s.name}_percentile": round(s.percentile, 2)})  # fmt: skip
+            if s.p_value is not None:
+                row[f"{s.name}_p_value"] = s.p_value
+        row["prediction_set"] = " or ".join(self.prediction_set) if self.prediction_set else ""
+        return row
+
 
 @dataclass(frozen=True)
 class Decisions:
