@@ -29,7 +29,6 @@ import math
 from dataclasses import dataclass
 
 import numpy as np
-from torch import Tensor
 
 from ._inputs import ArrayLike, as_bool, as_score
 
@@ -203,8 +202,3 @@ def exams_needed(
         mid = (low + high) // 2
         low, high = (low, mid) if enough(mid) else (mid, high)
     return high
-
-
-def wrong_answers(probs: Tensor, labels: Tensor) -> Tensor:
-    """``argmax p != y`` as bool ``[b]``."""
-    return probs.argmax(-1) != labels
