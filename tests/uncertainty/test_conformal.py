@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from clearmamba.uncertainty import SplitConformal, coverage, mean_set_size
-from clearmamba.uncertainty.conformal import aps_scores, conformal_quantile
+from clearmamba.uncertainty.conformal import aps_scores, conformal_quantile, lac_sets
 
 
 def _pool(n=12000, k=6, seed=0):
@@ -59,3 +59,11 @@ def test_bad_inputs():
         SplitConformal().fit(torch.randn(4, 3), torch.zeros(4, dtype=torch.long))
     with pytest.raises(RuntimeError, match="fit"):
         SplitConformal().predict_sets(torch.full((2, 2), 0.5))
+
+
+def test_lac_sets_from_a_stored_quantile_equal_the_fitted_sets():
+    probs, labels = _pool(n=600, seed=4)
+    conformal = SplitConformal(0.1, "lac").fit(probs[:300], labels[:300])
+    assert torch.equal(lac_sets(probs[300:], conformal.quantile), conformal.predict_sets(probs[300:]))
+    by_hand = torch.tensor([[0.7, 0.2, 0.1]])
+    assert lac_sets(by_hand, 0.8).tolist() == [[True, True, False]]  # 1 - p <= 0.8  <=>  p >= 0.2

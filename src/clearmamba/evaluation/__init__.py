@@ -8,6 +8,11 @@ one value per sample.
 Plain functions are for one-shot use; the ``torchmetrics.Metric`` classes (``ECE``, ``AURC``,
 ``RiskCoverage``, ``MisclassificationDetection``, ``OODDetection``) stream over batches and
 synchronise across processes.
+
+Referral (:mod:`~clearmamba.evaluation.referral`, the one place that decides the policy): ``fit_referral_rule``
+on validation predictions gives a :class:`ReferralRule` (an unfamiliar-input gate and a mistake threshold
+certified with a finite-sample bound); ``decide(prediction, rule)`` accepts or refers each exam with its reason.
+Output names follow :mod:`~clearmamba.evaluation.naming`.
 """
 
 from .bootstrap import BootstrapResult, bootstrap_ci
@@ -35,6 +40,21 @@ from .detection import (
     ood_metrics_by_set,
     roc_curve_points,
 )
+from .naming import public_name, score_label
+from .operating_point import OperatingPoint, Proportion, operating_point
+from .referral import (
+    ACCEPT,
+    REFER_UNCERTAIN,
+    REFER_UNFAMILIAR,
+    Decisions,
+    ExamDecision,
+    GuaranteeUnavailableError,
+    ReferralWarning,
+    decide,
+    fit_referral_rule,
+)
+from .referral_rule import ReferralRule, ReferralRuleError, ScoreReference
+from .risk_control import RiskCertificate, binomial_interval, binomial_upper_bound, certify_selective_risk
 from .selective import (
     accuracy_at_referral,
     aurc,
@@ -49,6 +69,29 @@ from .streaming import AURC, ECE, MisclassificationDetection, OODDetection, Risk
 from .summary import summarize
 
 __all__ = [
+    "ACCEPT",
+    "REFER_UNCERTAIN",
+    "REFER_UNFAMILIAR",
+    "Decisions",
+    "ExamDecision",
+    "GuaranteeUnavailableError",
+    "OperatingPoint",
+    "Proportion",
+    "RedrawResult",
+    "ReferralRule",
+    "ReferralRuleError",
+    "ReferralWarning",
+    "RiskCertificate",
+    "ScoreReference",
+    "binomial_interval",
+    "binomial_upper_bound",
+    "certify_selective_risk",
+    "decide",
+    "fit_referral_rule",
+    "operating_point",
+    "public_name",
+    "referral_redraws",
+    "score_label",
     "AURC",
     "ECE",
     "BootstrapResult",
@@ -87,3 +130,12 @@ __all__ = [
     "top_label",
     "wrong_answer_confidence",
 ]
+
+
+def __getattr__(name: str):
+    # the re-draw experiment loads on first use, so `python -m clearmamba.evaluation.redraws` runs it cleanly
+    if name in ("referral_redraws", "RedrawResult"):
+        from . import redraws
+
+        return getattr(redraws, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

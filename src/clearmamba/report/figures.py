@@ -104,27 +104,10 @@ def _label_at(ax, x: np.ndarray, y: np.ndarray, at_x: float, text: str, colour: 
     )
 
 
-def _leader_label(ax, x: np.ndarray, y: np.ndarray, at_x: float, text: str, colour: str, slot: int) -> None:
-    """Label a curve in a unit square: text below-right of its point at ``at_x``, joined by a thin line."""
-    i = int(np.argmin(np.abs(np.asarray(x) - at_x)))
-    tx = min(x[i] + 0.12, 0.55)
-    ty = float(np.clip(y[i] - 0.25 - 0.12 * (slot % 3), 0.05, 0.85))
-    ax.annotate(
-        plain(text),
-        (x[i], y[i]),
-        xytext=(tx, ty),
-        color=colour,
-        fontsize=13,
-        fontweight="bold",
-        arrowprops={"arrowstyle": "-", "color": colour, "lw": 1.2},
-        bbox={"boxstyle": "round,pad=0.2", "fc": "white", "ec": colour, "alpha": 0.9},
-    )
-
-
 # ---- calibration -------------------------------------------------------------------------------------
 
 
-def reliability_figure(panels: Sequence[tuple[str, Tensor, Tensor]], n_bins: int = 10, cols: int = 3) -> str:
+def reliability_figure(panels: Sequence[tuple[str, Tensor, Tensor]], n_bins: int, cols: int = 3) -> str:
     """One reliability diagram per ``(title, probs, labels)``: stated confidence vs observed accuracy."""
     cols = max(1, min(cols, len(panels)))
     with _figure(4.6 * cols, 4.6 * -(-len(panels) // cols)) as fig:
@@ -235,7 +218,8 @@ def referral_figure(
 ) -> str:
     """Accuracy on the cases the model keeps, against the share it refers to a doctor.
 
-    Dots mark the operating points ``fractions``; with one or two models each dot carries its value.
+    Dots mark the operating points ``fractions``; with one model each dot carries its value (the table beside the
+    figure has them all).
     """
     max_referred = min(1.0, max(max_referred, *(f + 0.1 for f in fractions))) if fractions else max_referred
     with _figure(10, 5.6) as fig:
@@ -248,11 +232,11 @@ def referral_figure(
             for f in fractions:
                 j = int(np.argmin(np.abs(referred - f)))
                 ax.plot(referred[j], accuracy[j], "o", color=colour, ms=7)
-                if len(curves) <= 2:  # first model's values above its dots, second's below
+                if len(curves) == 1:  # with more curves the values crowd each other: the table below has them
                     ax.annotate(
                         f"{100 * accuracy[j]:.0f}%",
                         (referred[j], accuracy[j]),
-                        xytext=(0, 10 if i == 0 else -18),
+                        xytext=(0, 10),
                         textcoords="offset points",
                         ha="center",
                         fontsize=11,
@@ -283,27 +267,37 @@ def referral_figure(
 # ---- OOD ---------------------------------------------------------------------------------------------
 
 
+def draw_ood_roc(fig, panels: Sequence[tuple[str, Sequence[tuple[str, Tensor, Tensor, float | None]]]]) -> list:
+    """Draw the ROC panels into ``fig``; returns the axes. Each panel's AUROC values sit in one column in its
+    empty lower-right corner (below the diagonal, where a better-than-chance curve never runs), one line per
+    model in the model's colour, so they cannot overprint each other or a curve."""
+    axes = _grid(fig, len(panels))
+    for ax, (title, lines) in zip(axes, panels):
+        ax.plot([0, 1], [0, 1], color="#999999", ls=":", lw=1.5)
+        ax.text(0.70, 0.76, "coin toss", color="#777777", rotation=38, fontsize=11, ha="center", va="center")
+        for i, (name, score_in, score_out, value) in enumerate(lines):
+            score = torch.cat([score_in.double(), score_out.double()])
+            is_ood = torch.cat([torch.zeros(len(score_in)), torch.ones(len(score_out))])
+            roc = ev.roc_curve_points(score, is_ood)
+            colour = model_colour(i)
+            ax.plot(roc["fpr"].numpy(), roc["tpr"].numpy(), color=colour, ls=model_dash(i), lw=2.5)
+            label = plain(f"{name}: AUROC {value:.2f}" if value is not None else name)
+            ax.text(0.97, 0.04 + 0.085 * (len(lines) - 1 - i), label, transform=ax.transAxes, ha="right",
+                    va="bottom", fontsize=11, fontweight="bold", color=colour,
+                    bbox={"boxstyle": "round,pad=0.15", "fc": "white", "ec": "none", "alpha": 0.9})  # fmt: skip
+        ax.set(xlim=(0, 1), ylim=(0, 1.02), title=plain(title))
+        ax.set_xlabel("normal exams wrongly flagged")
+        ax.set_ylabel("unfamiliar images caught")
+        ax.xaxis.set_major_formatter(_percent_formatter())
+        ax.yaxis.set_major_formatter(_percent_formatter())
+    fig.tight_layout()
+    return axes
+
+
 def ood_roc_figure(panels: Sequence[tuple[str, Sequence[tuple[str, Tensor, Tensor, float | None]]]]) -> str:
     """Per OOD set ``(title, [(model, score_in, score_out, auroc)])``: ROC of flagging the OOD images."""
     with _figure(5.6 * min(len(panels), 3), 5.2 * -(-len(panels) // 3)) as fig:
-        for ax, (title, lines) in zip(_grid(fig, len(panels)), panels):
-            ax.plot([0, 1], [0, 1], color="#999999", ls=":", lw=1.5)
-            ax.text(0.62, 0.5, "coin toss", color="#777777", rotation=38, fontsize=12)
-            for i, (name, score_in, score_out, value) in enumerate(lines):
-                score = torch.cat([score_in.double(), score_out.double()])
-                is_ood = torch.cat([torch.zeros(len(score_in)), torch.ones(len(score_out))])
-                roc = ev.roc_curve_points(score, is_ood)
-                fpr, tpr = roc["fpr"].numpy(), roc["tpr"].numpy()
-                colour = model_colour(i)
-                ax.plot(fpr, tpr, color=colour, ls=model_dash(i), lw=2.5)
-                label = f"{name}\nAUROC {value:.2f}" if value is not None else name
-                _leader_label(ax, fpr, tpr, 0.05 + 0.2 * (i % 4), label, colour, slot=i)
-            ax.set(xlim=(0, 1), ylim=(0, 1.02), title=plain(title))
-            ax.set_xlabel("normal exams wrongly flagged")
-            ax.set_ylabel("unfamiliar images caught")
-            ax.xaxis.set_major_formatter(_percent_formatter())
-            ax.yaxis.set_major_formatter(_percent_formatter())
-        fig.tight_layout()
+        draw_ood_roc(fig, panels)
         return to_data_uri(fig)
 
 
@@ -317,8 +311,18 @@ def _to_display(frame: np.ndarray) -> np.ndarray:
     return frame.mean(0)
 
 
-def film_strip(frames: Tensor, max_frames: int = 8, height: float = 1.6) -> str:
-    """Frames ``[t, c, h, w]`` of one exam side by side, evenly subsampled to ``max_frames``."""
+def _time_label(seconds: float) -> str:
+    # 75 -> "1:15", 9.5 -> "9.5 s": angiography phases are read in seconds after injection
+    if seconds >= 60:
+        return f"{int(seconds // 60)}:{int(round(seconds % 60)):02d}"
+    return f"{seconds:g} s"
+
+
+def film_strip(
+    frames: Tensor, times: Sequence[float] | None = None, max_frames: int = 8, height: float = 1.6
+) -> str:
+    """Frames ``[t, c, h, w]`` of one exam side by side, evenly subsampled to ``max_frames``, each titled with
+    its time after injection (``times``, seconds) or, without times, its position ("frame 3/12, no time")."""
     if not isinstance(frames, torch.Tensor):
         raise TypeError(f"expected frames as a tensor [t, c, h, w], got {type(frames).__name__}")
     x = frames.detach().cpu().float()
@@ -327,6 +331,8 @@ def film_strip(frames: Tensor, max_frames: int = 8, height: float = 1.6) -> str:
     if x.ndim != 4 or x.shape[0] == 0:
         raise ValueError(f"gallery frames: expected a tensor [t, c, h, w] with t >= 1, got shape {tuple(x.shape)}")
     t = x.shape[0]
+    if times is not None and len(times) != t:
+        raise ValueError(f"gallery times: expected {t} frame times (one per frame), got {len(times)}")
     keep = np.unique(np.linspace(0, t - 1, min(t, max_frames)).round().astype(int))
     x = x[keep].numpy()
     lo, hi = np.nanmin(x), np.nanmax(x)
@@ -335,7 +341,8 @@ def film_strip(frames: Tensor, max_frames: int = 8, height: float = 1.6) -> str:
         for j, (index, frame) in enumerate(zip(keep, x)):
             ax = fig.add_subplot(1, len(keep), j + 1)
             ax.imshow(_to_display(frame), cmap="gray", vmin=0, vmax=1)
-            ax.set_title(f"frame {index + 1}/{t}", fontsize=10, fontweight="normal")
+            title = _time_label(float(times[index])) if times is not None else f"frame {index + 1}/{t}, no time"
+            ax.set_title(title, fontsize=10, fontweight="normal")
             ax.axis("off")
         fig.subplots_adjust(wspace=0.04, left=0.01, right=0.99, top=0.85, bottom=0.01)
         return to_data_uri(fig, dpi=80)

@@ -24,29 +24,16 @@ import torch
 from torch import Tensor
 
 from clearmamba import evaluation as ev
+from clearmamba.evaluation.naming import score_label
 from clearmamba.report.roles import main_set, ood_names, resolve_ood_sets, resolve_primary_score, set_names
 from clearmamba.uncertainty import Prediction
 
-__all__ = ["compute_report_metrics", "headline_metrics", "main_set", "score_label", "single_thread"]
+__all__ = ["CALIBRATION_BINS", "compute_report_metrics", "headline_metrics", "main_set", "score_label",
+           "single_thread"]
 
 REFERRAL_FRACTIONS = (0.05, 0.1, 0.2, 0.3)
-
-# plain names for the scores a doctor will see in captions
-SCORE_LABELS = {
-    "vacuity": "K/S (evidential uncertainty)",
-    "msp": "1 - top probability",
-    "entropy": "predictive entropy",
-    "expected_entropy": "expected entropy (aleatoric)",
-    "mutual_info": "mutual information (epistemic)",
-    "max_logit": "negative max logit",
-    "energy": "energy",
-    "variation_ratio": "variation ratio",
-    "disagreement": "member disagreement",
-}
-
-
-def score_label(name: str) -> str:
-    return SCORE_LABELS.get(name, name)
+# one number of bins for ECE, the reliability diagrams and their caption
+CALIBRATION_BINS = 15
 
 
 @contextmanager
@@ -136,7 +123,7 @@ def labelled_metrics(
     entry: dict[str, Any] = {
         "n": len(labels),
         "accuracy": ev.accuracy(probs, labels),
-        "ece": ev.ece(probs, labels),
+        "ece": ev.ece(probs, labels, n_bins=CALIBRATION_BINS),
         "wrong_confidence_median": _finite(medians["wrong_median"]),
         "right_confidence_median": _finite(medians["right_median"]),
         "n_wrong": medians["n_wrong"],
@@ -154,11 +141,46 @@ def labelled_metrics(
     if n_boot > 0:
         entry["ci95"] = {
             "accuracy": _interval(ev.bootstrap_ci(lambda ok: ok.double().mean().item(), correct, **boot)),
-            "ece": _interval(ev.bootstrap_ci(ev.ece, probs, labels, **boot)),
+            "ece": _interval(ev.bootstrap_ci(_ece, probs, labels, **boot)),
             "wrong_confidence_median": _interval(ev.bootstrap_ci(wrong_median, confidence, correct, **boot)),
             "aurc": _interval(ev.bootstrap_ci(ev.aurc, score, correct, **boot)),
         }
     return entry
+
+
+def _ece(probs: Tensor, labels: Tensor) -> float:
+    return ev.ece(probs, labels, n_bins=CALIBRATION_BINS)
+
+
+def better_mistake_score(
+    pred: Prediction, primary: str, by_score: Mapping[str, Mapping[str, Any]], n_boot: int, seed: int = 0,
+    groups: Sequence | None = None,
+) -> dict[str, Any] | None:
+    """The score with the lowest AURC when it beats the primary one, with a paired bootstrap interval of
+    ``AURC(other) - AURC(primary)`` (the same resamples for both, so the interval is of the difference)."""
+    others = {s: v for s, v in by_score.items() if s != primary and v.get("aurc") is not None}
+    if not others or by_score.get(primary, {}).get("aurc") is None:
+        return None
+    best = min(others, key=lambda s: others[s]["aurc"])
+    if others[best]["aurc"] >= by_score[primary]["aurc"]:
+        return None
+    out: dict[str, Any] = {
+        "score": best,
+        "aurc": others[best]["aurc"],
+        "primary_aurc": by_score[primary]["aurc"],
+        "misclassification_auroc": others[best].get("misclassification_auroc"),
+        "primary_misclassification_auroc": by_score[primary].get("misclassification_auroc"),
+    }
+    if n_boot > 0:
+        _, correct = ev.top_label(pred.probs, pred.labels)
+        other_score, primary_score = pred.score(best).double(), pred.score(primary).double()
+
+        def difference(a: Tensor, b: Tensor, ok: Tensor) -> float:
+            return ev.aurc(a, ok) - ev.aurc(b, ok)
+
+        ci = ev.bootstrap_ci(difference, other_score, primary_score, correct, n_boot=n_boot, seed=seed, groups=groups)
+        out["difference_ci95"] = _interval(ci)
+    return out
 
 
 def _ood_arrays(score_in: Tensor, score_out: Tensor) -> tuple[Tensor, Tensor]:
@@ -234,6 +256,7 @@ def compute_report_metrics(
     seed: int = 0,
     referral_fractions: Sequence[float] = REFERRAL_FRACTIONS,
     groups: Mapping[str, Sequence] | None = None,
+    ood_score: Mapping[str, str] | None = None,
 ) -> dict[str, Any]:
     """Every number of the trust report, JSON-ready.
 
@@ -245,7 +268,10 @@ def compute_report_metrics(
     the model's primary score), ``accuracy_at_referral`` (``{"10": acc, ...}``), ``per_class`` and
     ``ci95`` (percentile bootstrap, ``n_boot`` resamples). ``ood_auroc`` is ``{ood_set: auroc}`` on
     the reference set and on each OOD set (its own name). ``by_score`` repeats AURC and OOD AUROC
-    for every available uncertainty score of that model, without intervals.
+    for every available uncertainty score of that model, without intervals; ``better_mistake_score`` names
+    the score that ranks the set's mistakes better (lower AURC) than the primary one, when there is one.
+    ``ood_score``: per model the score that flags unfamiliar images (default: the primary score), e.g. the
+    referral rule's unfamiliar-input score.
     """
     with single_thread():
         return _compute(
@@ -257,6 +283,7 @@ def compute_report_metrics(
             seed,
             referral_fractions,
             _check_groups(predictions, groups),
+            ood_score,
         )
 
 
@@ -277,12 +304,13 @@ def _check_groups(predictions: Mapping[str, Mapping[str, Prediction]], groups: M
 
 
 def _compute(
-    predictions, class_names, ood_sets, primary_score, n_boot, seed, referral_fractions, groups
+    predictions, class_names, ood_sets, primary_score, n_boot, seed, referral_fractions, groups, ood_score
 ) -> dict[str, Any]:
     _check_inputs(predictions, class_names)
     resolved = resolve_ood_sets(predictions, ood_sets)
     oods = ood_names(resolved)
     primary = resolve_primary_score(predictions, primary_score)
+    flagging = resolve_primary_score(predictions, {**primary, **(ood_score or {})}) if ood_score else primary
     reference_of = {o: ref for ref, names in resolved.items() for o in names}
 
     models: dict[str, Any] = {}
@@ -318,6 +346,9 @@ def _compute(
                     entry["by_score"][s]["aurc"] = ev.aurc(pred.score(s), correct)
                     detection = ev.misclassification_metrics(pred.score(s), correct)
                     entry["by_score"][s]["misclassification_auroc"] = _finite(detection["auroc"])
+                entry["better_mistake_score"] = better_mistake_score(
+                    pred, score_name, entry["by_score"], n_boot, seed, groups.get(name)
+                )
             sets[name] = entry
 
         # OOD detection: the reference set's scores against each OOD set's
@@ -331,8 +362,8 @@ def _compute(
             ref_entry.setdefault("ci95", {})
             for o in names:
                 detail = ood_auroc_with_ci(
-                    per_set[reference].score(score_name),
-                    per_set[o].score(score_name),
+                    per_set[reference].score(flagging[model]),
+                    per_set[o].score(flagging[model]),
                     n_boot,
                     seed,
                     groups.get(reference),
@@ -348,7 +379,7 @@ def _compute(
                     value = _finite(ev.ood_metrics(per_set[reference].score(s), per_set[o].score(s))["auroc"])
                     ref_entry["by_score"][s].setdefault("ood_auroc", {})[o] = value
                     sets[o]["by_score"][s]["ood_auroc"] = {o: value}
-        models[model] = {"primary_score": score_name, "sets": sets}
+        models[model] = {"primary_score": score_name, "ood_score": flagging[model], "sets": sets}
 
     return {
         "class_names": class_names,

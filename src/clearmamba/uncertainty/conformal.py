@@ -7,6 +7,11 @@ C(x) = {k : s(x, k) <= q_hat} then covers the true label with probability >= 1 -
 - ``lac`` (least ambiguous set-valued classifier): s(x, k) = 1 - p_k.
 - ``aps`` (adaptive prediction sets): s(x, k) = sum of the probabilities ranked at or above k; with
   ``randomized=True`` the k-th term is multiplied by u ~ U(0, 1), which makes coverage close to exact.
+
+Fit on the probabilities the model will really output (after any temperature or evidence scaling), since the
+guarantee needs calibration and test scores from the same map. Order matters for the set sizes: temperature
+scaling before APS-type scores needlessly widens the sets (Xi et al. 2024, arXiv 2402.05806; MAPIE issue 483),
+LAC is little affected, which is why the referral rule (``clearmamba.evaluation.referral``) uses LAC.
 """
 
 from __future__ import annotations
@@ -33,6 +38,11 @@ def aps_scores(probs: Tensor, u: Tensor | None = None) -> Tensor:
     weight = torch.ones_like(probs[:, :1]) if u is None else u.view(-1, 1)
     sorted_scores = before + weight * sorted_probs
     return torch.empty_like(probs).scatter_(-1, order, sorted_scores)
+
+
+def lac_sets(probs: Tensor, quantile: float) -> Tensor:
+    """LAC prediction sets ``[b, k]`` (bool) for a fitted ``quantile``: the classes with 1 - p_k <= q_hat."""
+    return lac_scores(probs) <= quantile
 
 
 def conformal_quantile(scores: Tensor, alpha: float) -> float:
