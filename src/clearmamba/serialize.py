@@ -22,8 +22,15 @@ class ConfigError(UserError, ValueError):
     """A stored configuration does not match its dataclass."""
 
 
+def _custom(tp: Any) -> bool:
+    # a class that spells its own JSON (to_dict / from_dict(data, where)), e.g. evaluation.ReferralRule
+    return isinstance(tp, type) and callable(getattr(tp, "from_dict", None)) and callable(getattr(tp, "to_dict", None))
+
+
 def to_json(obj: Any) -> Any:
     """JSON-able form of ``obj``: dataclasses as dicts (field order kept), tuples as lists."""
+    if _custom(type(obj)):
+        return obj.to_dict()
     if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
         return {f.name: to_json(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
     if isinstance(obj, (list, tuple)):
@@ -58,6 +65,11 @@ def _convert(tp: Any, value: Any, where: str) -> Any:
             except ConfigError as error:
                 errors.append(str(error))
         raise ConfigError(errors[0]) if errors else _fail(where, str(tp), value)
+    if _custom(tp):
+        try:
+            return tp.from_dict(value, where)
+        except ValueError as error:
+            raise ConfigError(str(error)) from None
     if dataclasses.is_dataclass(tp):
         if not isinstance(value, dict):
             raise _fail(where, f"an object ({tp.__name__})", value)
@@ -96,7 +108,7 @@ def _convert(tp: Any, value: Any, where: str) -> Any:
     if tp is float:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise _fail(where, "a number", value)
-        return float(value)
+        return value  # an int stays an int, so a record reads back exactly as it was written
     if tp is int:
         if isinstance(value, bool) or not isinstance(value, int):
             raise _fail(where, "an integer", value)

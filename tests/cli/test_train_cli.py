@@ -75,7 +75,12 @@ def trained_exams(tmp_path_factory):
 def test_train_writes_a_checkpoint_with_a_validation_referral_rule(trained):
     _, run, result = trained
     record = json.loads((run / "checkpoint" / "model.json").read_text())["record"]
-    assert record["referral"]["score"] == "vacuity" and record["referral"]["target_risk"] == 0.05
+    rule = record["referral"]
+    assert rule["target_risk"] == 0.05 and rule["delta"] == 0.1 and rule["validation_n"] == 12
+    assert rule["unfamiliar_score"] == "neg_log_density"  # RaP's density gate answers "is this unfamiliar?"
+    assert rule["mistake_score"] in ("one_minus_max_prob", "entropy", "mutual_info")
+    # 12 validation exams cannot support a 5 % promise: said, with how many would, and the run still succeeds
+    assert "warning: " in result.stdout and "validation exams would" in result.stdout
     assert record["preprocessing"]["frame_size"] == [16, 16] and record["classes"] == ["0", "1", "2"]
     assert (run / "metrics.csv").is_file() and (run / "last" / "optimizer.safetensors").is_file()
     # the split sizes first, then one plain line per epoch with train and validation loss and accuracy
@@ -96,12 +101,16 @@ def test_evaluate_on_the_training_source_scores_its_recorded_test_split(trained)
     test = metrics["models"]["clear_mamba_tiny"]["test"]
     assert set(test) >= REQUIRED and "ood_other" in test["ood_auroc"]
     rows = list(csv.DictReader((root / "eval" / "predictions.csv").read_text().splitlines()))
-    columns = {"id", "label", "prediction", "p_0", "p_1", "p_2", "vacuity", "entropy", "mutual_info", "refer"}
+    columns = {"id", "label", "prediction", "p_0", "p_1", "p_2", "decision", "reason", "neg_log_density",
+               "neg_log_density_threshold", "neg_log_density_p_value", "prediction_set"}
     assert columns <= set(rows[0])
-    threshold = metrics["referral"]["clear_mamba_tiny"]["threshold"]
-    assert all((r["refer"] == "True") == (float(r["vacuity"]) > threshold) for r in rows)
     test_rows = [r for r in rows if r["set"] == "test"]
     assert len(test_rows) == 12
+    # the rule's decisions in the CSV are the operating point metrics.json reports
+    point = metrics["referral"]["clear_mamba_tiny"]["operating_point"]["test"]
+    assert point["accepted"]["count"] == sum(r["decision"] == "accept" for r in test_rows)
+    unfamiliar = [float(r["neg_log_density"]) > float(r["neg_log_density_threshold"]) for r in test_rows]
+    assert point["referred_unfamiliar"]["count"] == sum(unfamiliar)
     accuracy = np.mean([r["label"] == r["prediction"] for r in test_rows])
     assert accuracy == pytest.approx(test["accuracy"])
     assert (root / "eval" / "report.html").read_text().startswith("<!DOCTYPE html>")
@@ -202,10 +211,12 @@ def test_predict_names_an_unreadable_file_and_carries_on(trained):
     payload = json.loads(result.stdout)
     assert [r["exam"] for r in payload["results"]] == [str(good)]
     assert "broken.png" in payload["skipped"][0] and "broken.png" in result.stderr
-    record = json.loads((run / "checkpoint" / "model.json").read_text())["record"]
     for r in payload["results"]:
         assert abs(sum(r["probabilities"].values()) - 1) < 1e-5
-        assert r["refer"] == (r["scores"]["vacuity"] > record["referral"]["threshold"])
+        assert r["decision"] in ("accept", "refer: unfamiliar", "refer: uncertain") and r["reason"]
+        unfamiliar = r["scores"]["neg_log_density"]
+        assert (r["decision"] == "refer: unfamiliar") == unfamiliar["fires"]
+        assert (r["diagnosis"] is not None) == (r["decision"] == "accept")
 
 
 def test_demo_quick_trains_three_models_and_writes_the_report(tmp_path):

@@ -87,6 +87,9 @@ def train(
     classes: Annotated[str | None, Opt("NAMES", "declared class names, comma-separated (labels must be among them; "
                                        "numeric labels name 0, 1, ... in order)")] = None,
     target_risk: Annotated[float, Opt("RISK", "allowed error on accepted exams", min=0.0, max=1.0)] = 0.05,
+    delta: Annotated[float | None, Opt("DELTA", "demand the guarantee: accepted error <= --target-risk with "
+                                       "probability >= 1 - DELTA; refuse when the validation exams cannot give it "
+                                       "(default: 0.1, warn only)", min=0.0, max=1.0)] = None,
     resume: Annotated[bool, typer.Option("--resume", help="continue the run in --out after an interruption")] = False,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="replace an existing run in --out")] = False,
     max_pixels: Annotated[int, Opt("N", "refuse images with more pixels", min=1)] = 100_000_000,
@@ -129,6 +132,7 @@ def train(
         read=ReadOptions(channels=channels, size=size or ((32, 32) if data == "builtin" else None),
                          max_pixels=max_pixels, encoding=encoding),
         classes=tuple(c.strip() for c in classes.split(",")) if classes else None, target_risk=target_risk,
+        delta=0.1 if delta is None else delta, require_guarantee=delta is not None,
     )  # fmt: skip
     if data == "builtin" and size is not None:
         from dataclasses import replace
@@ -141,11 +145,10 @@ def train(
     typer.echo(describe(*loaded))
     _, record = train_run(cfg, out, resume=resume, log=typer.echo, live=sys.stdout.isatty(), data=loaded,
                           prepared=True)  # fmt: skip
-    rule = record.referral
     outcome = record.outcome
-    typer.echo(f"best epoch {outcome.best_epoch} of {outcome.epochs_run}: validation accuracy {outcome.val_acc:.3f}; "
-               f"refer when {rule.score} > {rule.threshold:.4g} (validation coverage {rule.validation_coverage:.1%} "
-               f"at {rule.target_risk:.0%} risk). Checkpoint: {out / 'checkpoint'}")
+    typer.echo(f"best epoch {outcome.best_epoch} of {outcome.epochs_run}: validation accuracy {outcome.val_acc:.3f}")
+    typer.echo(f"referral rule: {record.referral.describe()}")
+    typer.echo(f"checkpoint: {out / 'checkpoint'}")
 
 
 def evaluate(
@@ -200,8 +203,6 @@ def predict_cmd(
       clearmamba predict --checkpoint runs/first exam_folder/ image.png
       clearmamba predict --checkpoint runs/first exam_folder/ --frame-times 0,15,30,60,120,300 --json
     """
-    from dataclasses import asdict
-
     from clearmamba.training import load_run
     from clearmamba.training.inference import predict_files
 
@@ -211,14 +212,16 @@ def predict_cmd(
     for error in errors:
         typer.echo(f"skipped {error}", err=True)
     if as_json:
-        typer.echo(json.dumps({"results": [asdict(r) for r in results], "skipped": errors}, indent=2))
+        typer.echo(json.dumps({"results": [r.to_dict() for r in results], "skipped": errors}, indent=2))
     else:
         for r in results:
-            verdict = "REFER TO A DOCTOR" if r.refer else "accept"
-            score = record.referral.score if record.referral else "msp"
-            value = r.scores.get(score, float("nan"))
-            typer.echo(f"{r.exam}: {r.diagnosis} (p={r.probability:.3f}, {score}={value:.3g}, "
-                       f"entropy={r.scores['entropy']:.3f}) -> {verdict}")
+            d = r.decision
+            if d.diagnosis is not None:
+                what = f"{d.diagnosis} (probability {d.confidence:.2f})"
+            else:
+                what = f"possibly {' or '.join(d.prediction_set)}" if d.prediction_set else "no diagnosis"
+            typer.echo(f"{r.exam}: {d.decision.upper()} - {what}")
+            typer.echo(f"  why: {d.reason}")
             for note in r.notes:
                 typer.echo(f"  note: {note}")
     if not results:

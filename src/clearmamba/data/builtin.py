@@ -130,10 +130,13 @@ def make_builtin_splits(
     n_ood: int = 200,
     seed: int = 0,
     progress: bool = False,
+    n_calibration: int = 0,
 ) -> dict[str, ExamSet]:
     """Named ExamSets: ``train``, ``val``, ``test`` (same devices, disjoint patients), ``test_heldout_device``
     (only ``config.heldout_devices``), and OOD sets ``ood_unseen_disease``, ``ood_non_angiography``,
-    ``ood_corrupted`` (labels -1). Patients never repeat across sets: each set has its own id prefix."""
+    ``ood_corrupted`` (labels -1), and with ``n_calibration`` a ``calibration`` set like ``val`` for fitting the
+    referral rule on exams training never chose by. Patients never repeat across sets: each set has its own id
+    prefix."""
     cfg = config or SimulatorConfig()
     base = int(seed) * 100
 
@@ -155,6 +158,8 @@ def make_builtin_splits(
         "val": split("val", n_val, 2),
         "test": split("test", n_test, 3),
     }
+    if n_calibration > 0:
+        sets["calibration"] = split("calibration", n_calibration, 8)
     if cfg.heldout_devices and n_heldout > 0:
         sets["test_heldout_device"] = split("test_heldout_device", n_heldout, 4, cfg.heldout_devices)
     if n_ood > 0:

@@ -37,6 +37,7 @@ class BuiltinData:
     n_test: int = 240
     n_heldout: int = 160
     n_ood: int = 120
+    n_calibration: int = 0  # a set like val for the referral rule (0: the rule is fitted on val)
     size: int = 32
     frames: int = 6
     classes: tuple[str, ...] | None = None  # None: every simulated class
@@ -93,7 +94,7 @@ def load_builtin(spec: BuiltinData, progress: bool = False) -> dict[str, ExamSet
     config = SimulatorConfig(size=spec.size, frames=spec.frames)
     if spec.classes:
         config = SimulatorConfig(size=spec.size, frames=spec.frames, classes=tuple(spec.classes))
-    sizes = {k: getattr(spec, k) for k in ("n_train", "n_val", "n_test", "n_heldout", "n_ood")}
+    sizes = {k: getattr(spec, k) for k in ("n_train", "n_val", "n_test", "n_heldout", "n_ood", "n_calibration")}
     return make_builtin_splits(config, seed=spec.seed, progress=progress, **sizes)
 
 

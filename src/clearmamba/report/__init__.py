@@ -9,7 +9,7 @@ drawn.
 from clearmamba.report.metrics import compute_report_metrics, headline_metrics
 from clearmamba.report.provenance import Provenance
 from clearmamba.report.referral_view import GalleryExam
-from clearmamba.report.render import render_report, write_report
+from clearmamba.report.render import render_report, rule_metrics, write_report
 from clearmamba.report.summary import take_home_messages
 
 __all__ = [
@@ -18,6 +18,7 @@ __all__ = [
     "compute_report_metrics",
     "headline_metrics",
     "render_report",
+    "rule_metrics",
     "take_home_messages",
     "write_report",
 ]

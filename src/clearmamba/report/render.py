@@ -188,6 +188,27 @@ def _with_rule_scores(predictions, rules) -> dict[str, dict[str, Prediction]]:
     return out
 
 
+def rule_metrics(
+    predictions: Mapping[str, Mapping[str, Prediction]],
+    *,
+    class_names: Sequence[str],
+    rules: Mapping[str, ReferralRule] | None = None,
+    ood_sets: Mapping[str, Sequence[str]] | None = None,
+    primary_score: Mapping[str, str] | None = None,
+    n_boot: int = 200,
+    groups: Mapping[str, Sequence] | None = None,
+) -> dict[str, Any]:
+    """:func:`compute_report_metrics` with each model's own rule deciding its scores: the rule's mistake score
+    is the primary one and its unfamiliar-input score the one scored on OOD sets (what the page shows)."""
+    rules = rv.check_rules(predictions, rules)
+    predictions = _with_rule_scores({m: {s: p.detach().to("cpu") for s, p in per_set.items()}
+                                     for m, per_set in predictions.items()}, rules)  # fmt: skip
+    primary = {m: prediction_key(r.mistake_score) for m, r in rules.items()} | dict(primary_score or {})
+    flagging = {m: prediction_key(r.unfamiliar_score) for m, r in rules.items() if r.unfamiliar_score}
+    return compute_report_metrics(predictions, class_names=class_names, ood_sets=ood_sets, primary_score=primary,
+                                  n_boot=n_boot, groups=groups, ood_score=flagging)  # fmt: skip
+
+
 def write_report(
     path: str | os.PathLike,
     predictions: Mapping[str, Mapping[str, Prediction]],
@@ -229,11 +250,8 @@ def write_report(
     predictions = {m: {s: p.detach().to("cpu") for s, p in per_set.items()} for m, per_set in predictions.items()}
     predictions = _with_rule_scores(predictions, rules)
     if metrics is None:
-        primary = {m: prediction_key(r.mistake_score) for m, r in rules.items()} | dict(primary_score or {})
-        flagging = {m: prediction_key(r.unfamiliar_score) for m, r in rules.items() if r.unfamiliar_score}
-        metrics = compute_report_metrics(predictions, class_names=class_names, ood_sets=ood_sets,
-                                         primary_score=primary, n_boot=n_boot, groups=groups,
-                                         ood_score=flagging)  # fmt: skip
+        metrics = rule_metrics(predictions, class_names=class_names, rules=rules, ood_sets=ood_sets,
+                               primary_score=primary_score, n_boot=n_boot, groups=groups)  # fmt: skip
     with single_thread():
         page = render_report(
             predictions, metrics, class_names=[str(c) for c in class_names], gallery=gallery,

@@ -1,5 +1,8 @@
-"""Evaluation outputs shared by ``clearmamba evaluate`` and ``clearmamba demo``: the refer-to-a-doctor
-threshold (fitted on validation for a target risk), ``metrics.json``, the per-sample CSV and the HTML report.
+"""Evaluation outputs shared by ``clearmamba evaluate`` and ``clearmamba demo``: ``metrics.json``, the per-exam
+CSV and the HTML report, all read through each checkpoint's own referral rule (never decided again here).
+
+The rule itself is fitted once, at training (:func:`fit_rule`, the one call of
+:func:`clearmamba.evaluation.fit_referral_rule`), and stored in the run record.
 """
 
 from __future__ import annotations
@@ -7,65 +10,53 @@ from __future__ import annotations
 import csv
 import io
 import json
-from collections.abc import Mapping, Sequence
+import warnings
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from clearmamba.atomic import atomic_write_text
-from clearmamba.serialize import to_json
+from clearmamba.evaluation import ReferralRule, decide, fit_referral_rule, operating_point
 from clearmamba.uncertainty import Prediction
 
 from .checkpoint import FILE_MODE, write_json
-from .record import ReferralEntry
 
 
-def primary_score(prediction: Prediction) -> str:
-    """K/S (vacuity) for evidential models, 1 - max p (MSP) for softmax models."""
-    return "vacuity" if prediction.evidence is not None else "msp"
-
-
-def referral_rule(validation: Prediction, labels: torch.Tensor, target_risk: float = 0.05) -> ReferralEntry:
-    """The largest-coverage threshold on the primary score whose accepted validation cases err <= target_risk."""
-    from clearmamba.evaluation import coverage_at_risk, threshold_for_risk
-
-    score_name = primary_score(validation)
-    score = validation.score(score_name)
-    correct = validation.predicted == labels
-    return ReferralEntry(score_name, threshold_for_risk(score, correct, target_risk), target_risk,
-                         coverage_at_risk(score, correct, target_risk), len(validation))
-
-
-def refer_flags(prediction: Prediction, rule: ReferralEntry | None) -> torch.Tensor:
-    """True where the case should go to a doctor (score above the validation threshold)."""
-    if rule is None:
-        return torch.zeros(len(prediction), dtype=torch.bool)
-    return prediction.score(rule.score) > rule.threshold
+def fit_rule(validation: Prediction, labels: torch.Tensor, class_names: Sequence[str], target_risk: float,
+             delta: float, require_guarantee: bool, log: Callable[[str], None] = print) -> ReferralRule:  # fmt: skip
+    """The referral rule of a trained model, from its predictions on held-out validation (or calibration) exams;
+    a warning that the exams cannot support the target is passed on to ``log``."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        rule = fit_referral_rule(validation, labels, target_risk=target_risk, delta=delta,
+                                 require_guarantee=require_guarantee, class_names=tuple(class_names))  # fmt: skip
+    for warning in caught:
+        log(f"warning: {warning.message}")
+    return rule
 
 
 def per_sample_rows(
     predictions: Mapping[str, Mapping[str, Prediction]],
     class_names: Sequence[str],
-    rules: Mapping[str, ReferralEntry | None] | None = None,
+    rules: Mapping[str, ReferralRule | None] | None = None,
 ) -> list[dict[str, Any]]:
+    """One row per model, set and exam: the label, then the rule's decision with its reason and readable scores."""
     rows = []
     for model, per_set in predictions.items():
+        rule = (rules or {}).get(model)
         for set_name, prediction in per_set.items():
-            scores = prediction.scores()
-            refer = refer_flags(prediction, (rules or {}).get(model))
+            decided = decide(prediction, rule).exams() if rule is not None else None
             for i in range(len(prediction)):
                 label = int(prediction.labels[i]) if prediction.labels is not None else -1
-                row = {
-                    "model": model,
-                    "set": set_name,
-                    "id": prediction.ids[i] if prediction.ids else str(i),
-                    "label": class_names[label] if label >= 0 else "unknown",
-                    "prediction": class_names[int(prediction.predicted[i])],
-                }
-                row.update({f"p_{c}": round(float(prediction.probs[i, k]), 6) for k, c in enumerate(class_names)})
-                row.update({name: round(float(value[i]), 6) for name, value in scores.items()})
-                row["refer"] = bool(refer[i])
+                row = {"model": model, "set": set_name, "id": prediction.ids[i] if prediction.ids else str(i),
+                       "label": class_names[label] if label >= 0 else "unknown",
+                       "prediction": class_names[int(prediction.predicted[i])]}  # fmt: skip
+                if decided is not None:
+                    row.update({k: v for k, v in decided[i].flat().items() if k != "exam"})
+                else:
+                    row.update({f"p_{c}": float(prediction.probs[i, k]) for k, c in enumerate(class_names)})
                 rows.append(row)
     return rows
 
@@ -92,46 +83,92 @@ def class_pair_accuracy(prediction: Prediction, class_names: Sequence[str], pair
     return float((prediction.predicted[keep] == prediction.labels[keep]).float().mean())
 
 
+SUMMARY_FIELDS = ("unfamiliar_score", "unfamiliar_threshold", "id_pass_rate", "mistake_score", "mistake_threshold",
+                  "target_risk", "delta", "guaranteed", "risk_upper_bound", "validation_n", "calibration_n",
+                  "calibration_coverage", "validation_coverage", "exams_needed")  # fmt: skip
+
+
+def rule_summary(rule: ReferralRule) -> dict[str, Any]:
+    """The rule's thresholds and promise, without its stored validation scores (those stay in the record)."""
+    return {name: getattr(rule, name) for name in SUMMARY_FIELDS} | {"in_words": rule.describe()}
+
+
+def operating_points(predictions: Mapping[str, Mapping[str, Prediction]],
+                     rules: Mapping[str, ReferralRule | None]) -> dict[str, dict[str, Any]]:  # fmt: skip
+    """Per model and set: the rule's coverage, error among accepted exams and referrals by reason."""
+    out = {}
+    for model, per_set in predictions.items():
+        rule = rules.get(model)
+        if rule is None:
+            continue
+        out[model] = {name: operating_point(decide(p, rule), p.labels, name) for name, p in per_set.items()}
+    return out
+
+
 def write_evaluation(
     out_dir: str | Path,
     predictions: Mapping[str, Mapping[str, Prediction]],
     class_names: Sequence[str],
     ood_sets: Mapping[str, Sequence[str]] | None = None,
-    rules: Mapping[str, ReferralEntry | None] | None = None,
-    gallery: Mapping[str, torch.Tensor] | None = None,
+    rules: Mapping[str, ReferralRule | None] | None = None,
+    gallery: Mapping[str, Any] | None = None,
     title: str = "clearmamba trust report",
     n_boot: int = 200,
     extra: Mapping[str, Any] | None = None,
     metadata: Mapping[str, Any] | None = None,
+    provenance: Any = None,
 ) -> dict[str, Any]:
     """Write ``metrics.json``, ``predictions.csv`` and ``report.html`` into ``out_dir``; return the metrics."""
-    from clearmamba.report import compute_report_metrics, headline_metrics, write_report
+    from clearmamba.report import headline_metrics, rule_metrics, write_report
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     class_names = [str(c) for c in class_names]
-    full = compute_report_metrics(predictions, class_names=class_names, ood_sets=ood_sets, n_boot=n_boot)
-    metrics = {"models": headline_metrics(full), "referral": to_json(dict(rules or {})), **(extra or {})}
+    rules = {m: r for m, r in (rules or {}).items() if r is not None}
+    full = rule_metrics(predictions, class_names=class_names, rules=rules, ood_sets=ood_sets, n_boot=n_boot)
+    operating = operating_points(predictions, rules)
+    metrics = {"models": headline_metrics(full),
+               "referral": {m: {"rule": rule_summary(r),
+                                "operating_point": {s: o.to_dict() for s, o in operating.get(m, {}).items()}}
+                            for m, r in rules.items()},
+               **(extra or {})}  # fmt: skip
     write_json(out / "metrics.json", json.loads(json.dumps(metrics, default=float)))
     write_json(out / "metrics_full.json", json.loads(json.dumps(full, default=float)))
     write_per_sample_csv(out / "predictions.csv", per_sample_rows(predictions, class_names, rules))
-    write_report(
-        out / "report.html",
-        predictions,
-        class_names=class_names,
-        ood_sets=ood_sets,
-        gallery=gallery,
-        metrics=full,
-        title=title,
-        metadata=metadata,
-    )
+    write_report(out / "report.html", predictions, class_names=class_names, ood_sets=ood_sets, gallery=gallery,
+                 metrics=full, title=title, metadata=metadata, rules=rules, provenance=provenance,
+                 operating=operating)  # fmt: skip
     return metrics
 
 
-def gallery_frames(sets: Mapping[str, Any]) -> dict[str, torch.Tensor]:
-    """exam id -> its real frames ``[t, c, h, w]`` for the report's gallery of uncertain exams."""
+def provenance_of(runs: Mapping[str, tuple[Any, Path]], command: str):
+    """The report's provenance from run records and their folders: version, seed, split, data and checkpoint
+    hashes (one checkpoint row per model when there are several)."""
+    from clearmamba.report import Provenance
+
+    from .checkpoint import read_config, resolve_checkpoint
+
+    records = {name: record for name, (record, _) in runs.items()}
+    first = next(iter(records.values()))
+    rule = first.data.split
+    split = (f"given by the source: {', '.join(rule.given) or 'none'}; drawn: {', '.join(rule.drawn) or 'none'} "
+             f"(seed {rule.seed}, by {rule.group_by})")  # fmt: skip
+    hashes = {name: read_config(resolve_checkpoint(folder))["weights"]["sha256"] for name, (_, folder) in runs.items()}
+    single = len(hashes) == 1
+    return Provenance(seed=first.train.seed, split=split, data=first.data.source, command=command,
+                      data_sha256=first.data.source_sha256, torch_version=first.versions.torch,
+                      checkpoint_sha256=next(iter(hashes.values())) if single else None,
+                      extra=() if single else tuple((f"checkpoint {n}", f"{h[:16]}… (SHA-256)")
+                                                    for n, h in hashes.items()))  # fmt: skip
+
+
+def gallery_frames(sets: Mapping[str, Any]) -> dict[str, Any]:
+    """exam id -> its real frames and their times, for the report's gallery of referred exams."""
+    from clearmamba.report import GalleryExam
+
     frames = {}
     for exams in sets.values():
         for i, exam_id in enumerate(exams.exam_id):
-            frames[exam_id] = exams.frames[i][exams.mask[i]]
+            real = exams.mask[i]
+            frames[exam_id] = GalleryExam(exams.frames[i][real], exams.frame_times[i][real].tolist())
     return frames

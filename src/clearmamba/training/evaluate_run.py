@@ -21,7 +21,7 @@ from clearmamba.data.examset import ExamSet
 from clearmamba.data.loaders import DataError, ReadOptions
 from clearmamba.data.sources import POOL, SPLIT_NAMES, Source, as_unknown, open_source, open_unlabelled
 
-from .evaluate import gallery_frames, write_evaluation
+from .evaluate import gallery_frames, provenance_of, write_evaluation
 from .load import load_run
 from .predict import predict
 from .record import RunRecord
@@ -41,7 +41,8 @@ def recorded_test(source: Source, record: RunRecord) -> ExamSet:
 def evaluation_sets(source: Source, record: RunRecord, split: str) -> tuple[dict[str, ExamSet], list[str]]:
     """The named sets to score and one line saying how many exams each holds and why."""
     same = source.sha256 == record.data.source_sha256
-    extra = {n: s for n, s in source.sets.items() if n not in (*SPLIT_NAMES, POOL)}  # built-in held-out/OOD sets
+    # the built-in benchmark's held-out-device and OOD sets (its calibration set fitted the rule: not scored)
+    extra = {n: s for n, s in source.sets.items() if n not in (*SPLIT_NAMES, POOL, "calibration")}
     if split == "all":
         sets = {"test": source.exams()}
         why = "every labelled exam" + (" (this is the training source: the count includes training exams)"
@@ -93,5 +94,6 @@ def run_evaluation(checkpoint: str | Path, data: str, split: str = "auto", oods:
         out, predictions, list(record.classes), ood_sets={"test": oods_present} if oods_present else None,
         rules={name: record.referral}, gallery=gallery_frames(sets), n_boot=n_boot,
         metadata={"checkpoint": str(checkpoint), "data": data, "split": split},
+        provenance=provenance_of({name: (record, Path(checkpoint))}, f"clearmamba evaluate --data {data}"),
     )  # fmt: skip
     return {"test": metrics["models"][name].get("test", {}), "all": metrics}, notes

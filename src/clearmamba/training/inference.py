@@ -17,22 +17,24 @@ from torch import nn
 
 from clearmamba.data.examset import pad_exams
 from clearmamba.data.loaders import DataError, ReadOptions, read_exam
+from clearmamba.evaluation import ExamDecision, decide
 
-from .evaluate import refer_flags
 from .record import RunRecord
 
 
 @dataclass
 class ExamResult:
+    """What a doctor needs about one exam: the rule's decision and why, with the frames it was read from."""
+
     exam: str
     frames: int
     frame_times: list[float]
-    diagnosis: str
-    probability: float
-    probabilities: dict[str, float]
-    scores: dict[str, float]
-    refer: bool
+    decision: ExamDecision
     notes: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict:
+        return {"exam": self.exam, "frames": self.frames, "frame_times": self.frame_times,
+                **{k: v for k, v in self.decision.to_dict().items() if k != "exam"}, "notes": self.notes}
 
 
 def frame_times_for(record: RunRecord, n_frames: int, given: Sequence[float] | None, exam: Path) -> tuple[list[float],
@@ -74,12 +76,6 @@ def predict_files(model: nn.Module, record: RunRecord, paths: Sequence[Path],
             continue
         x, t, mask = pad_exams([frames], [torch.tensor(times)])
         prediction = model(x, t, mask)
-        k = int(prediction.predicted[0])
-        results.append(ExamResult(
-            exam=str(path), frames=len(frames), frame_times=times, diagnosis=record.classes[k],
-            probability=float(prediction.probs[0, k]),
-            probabilities={c: float(prediction.probs[0, j]) for j, c in enumerate(record.classes)},
-            scores={name: float(value[0]) for name, value in prediction.scores().items()},
-            refer=bool(refer_flags(prediction, record.referral)[0]), notes=notes,
-        ))  # fmt: skip
+        prediction.ids = [str(path)]
+        results.append(ExamResult(str(path), len(frames), times, decide(prediction, record.referral).exam(0), notes))
     return results, errors

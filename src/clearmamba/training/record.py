@@ -23,6 +23,7 @@ from typing import Any
 import torch
 
 from clearmamba.data.sources import BuiltinData, SplitRule
+from clearmamba.evaluation.referral_rule import ReferralRule
 from clearmamba.serialize import to_json
 from clearmamba.training.config import TrainConfig
 
@@ -72,18 +73,8 @@ class DataSpec:
     n_train: int
     n_val: int
     test_exam_ids: tuple[str, ...]
+    n_calibration: int = 0  # exams the referral rule was fitted on, when not the validation exams
     builtin: BuiltinData | None = None  # the simulator settings, when the source is "builtin"
-
-
-@dataclass(frozen=True)
-class ReferralEntry:
-    """Refer an exam to a doctor when ``score`` exceeds ``threshold`` (fitted on validation for ``target_risk``)."""
-
-    score: str
-    threshold: float
-    target_risk: float
-    validation_coverage: float
-    validation_n: int
 
 
 @dataclass(frozen=True)
@@ -131,7 +122,7 @@ class RunRecord:
     data: DataSpec
     outcome: Outcome
     versions: Versions
-    referral: ReferralEntry | None = None
+    referral: ReferralRule | None = None  # the one referral policy (evaluation.referral), fitted at training
     posthoc: PosthocEntry | None = None
     format: str = FORMAT
 

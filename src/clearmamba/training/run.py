@@ -31,7 +31,7 @@ from clearmamba.serialize import to_json
 from . import checkpoint as ckpt
 from .config import TrainConfig
 from .distributed import DistributedContext
-from .evaluate import referral_rule
+from .evaluate import fit_rule
 from .fit import HISTORY_COLUMNS, Callback, EarlyStopping, EpochLog, FitState, ResumePoint, callback_keys, fit
 from .predict import predict
 from .record import DataSpec, MethodSpec, ModelSpec, Outcome, Preprocessing, RunRecord, Versions
@@ -63,7 +63,9 @@ class RunConfig:
     read: ReadOptions = ReadOptions()
     builtin: BuiltinData = BuiltinData()
     classes: tuple[str, ...] | None = None  # declared class names (labels must belong to them)
-    target_risk: float = 0.05
+    target_risk: float = 0.05  # allowed error among accepted exams
+    delta: float = 0.1  # the promise holds with probability >= 1 - delta over the calibration exams
+    require_guarantee: bool = False  # refuse (instead of warn) when the exams cannot support the target
     posthoc: bool = True  # RaP's density gate + evidence scaling (evidential heads)
 
 
@@ -211,7 +213,8 @@ def build_record(cfg: RunConfig, source: Source, sets: dict[str, ExamSet], rule)
     data = DataSpec(source=source.spec, source_sha256=source.sha256, train_sha256=examset_sha256(train_set),
                     split=rule, n_train=len(train_set), n_val=len(sets["val"]),
                     test_exam_ids=tuple(sets["test"].exam_id) if "test" in sets else (),
-                    builtin=cfg.builtin if source.spec == "builtin" else None)  # fmt: skip
+                    builtin=cfg.builtin if source.spec == "builtin" else None,
+                    n_calibration=len(sets["calibration"]) if "calibration" in sets else 0)  # fmt: skip
     outcome = Outcome(0, None, False, math.nan, math.nan, 0.0)
     return RunRecord(classes=tuple(train_set.class_names), model=ModelSpec(cfg.arch, options),
                      preprocessing=preprocessing_of(train_set, source.frame_times), method=cfg.method,
@@ -246,7 +249,6 @@ def train_run(cfg: RunConfig, out: str | Path, resume: bool = False, overwrite: 
                  val=sets["val"], callbacks=callbacks, resume=resume_point)  # fmt: skip
     model = result.model
     history = result.history[0]
-    val_prediction = predict(model, sets["val"], cfg.train.eval_batch_size)
     extra: dict[str, bytes] = {}
     posthoc = None
     if cfg.posthoc and method.head == "evidential":
@@ -256,13 +258,16 @@ def train_run(cfg: RunConfig, out: str | Path, resume: bool = False, overwrite: 
         model, posthoc, data_bytes = fit_posthoc(model, sets["train"], sets["val"], evidence,
                                                  cfg.train.eval_batch_size)  # fmt: skip
         extra[POSTHOC_FILE] = data_bytes
-        val_prediction = predict(model, sets["val"], cfg.train.eval_batch_size)
+    # the rule is fitted on exams training never chose by: a calibration set when the source has one (the
+    # demo's), else the validation exams; the post-hoc model's own scores (its density) are the ones ruled on
+    calibration = sets["calibration"] if "calibration" in sets else sets["val"]
+    rule = fit_rule(predict(model, calibration, cfg.train.eval_batch_size), calibration.labels, record.classes,
+                    cfg.target_risk, cfg.delta, cfg.require_guarantee, log)  # fmt: skip
     best = history[(result.best_epoch or len(history)) - 1] if history else {}
     outcome = Outcome(epochs_run=len(history), best_epoch=result.best_epoch, stopped_early=result.stopped_early,
                       val_nll=float(best.get("val_nll", math.nan)), val_acc=float(best.get("val_acc", math.nan)),
                       seconds=round(result.seconds, 1))  # fmt: skip
-    record = replace(record, outcome=outcome, posthoc=posthoc,
-                     referral=referral_rule(val_prediction, sets["val"].labels, cfg.target_risk))
+    record = replace(record, outcome=outcome, posthoc=posthoc, referral=rule)
     if DistributedContext.from_environment().rank == 0:
         inner = result.members[0] if len(result.members) == 1 else result.model
         ckpt.save_checkpoint(out / "checkpoint", inner, record, extra)
