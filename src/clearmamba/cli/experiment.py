@@ -149,6 +149,42 @@ def edl_variants(
     typer.echo(f"wrote {out}/results.json, table.md in {payload['wall_seconds']:.0f} s")
 
 
+@experiment_app.command("referral")
+def referral(
+    checkpoint: Annotated[list[Path], typer.Option(metavar="RUN", help="A run trained on builtin data (repeatable).")],
+    out: Annotated[Path, typer.Option(metavar="FOLDER", help="Folder for results.json and table.md.")] = Path(
+        "runs/referral"),
+    draws: Annotated[int, typer.Option(metavar="N", min=1, help="Calibration re-draws.")] = 20,
+    n_calibration: Annotated[int, typer.Option(metavar="N", min=10, help="Exams per calibration draw.")] = 1000,
+    n_test: Annotated[int, typer.Option(metavar="N", min=10, help="Held-out test exams pooled with them.")] = 1000,
+    n_ood: Annotated[int, typer.Option(metavar="N", min=1, help="Exams per OOD and held-out-camera set.")] = 300,
+    target_risk: Annotated[float, typer.Option(metavar="RISK", min=0.0, max=1.0, help="Allowed error.")] = 0.05,
+    delta: Annotated[float, typer.Option(metavar="DELTA", min=0.0, max=1.0, help="Allowed failure rate.")] = 0.1,
+    quick: Annotated[bool, typer.Option("--quick", help="CI size: 60 + 60 exams, 20 per OOD set, 3 draws.")] = False,
+    threads: Annotated[int, typer.Option(metavar="N", help="torch CPU threads.")] = 1,
+) -> None:
+    """Issue 18: does each checkpoint's referral promise hold over re-drawn calibration sets of fresh built-in
+    exams, and how much of each OOD set does it accept?
+
+    \b
+    Example:
+      clearmamba experiment referral --checkpoint runs/demo/clear_mamba --checkpoint runs/demo/softmax
+    """
+    import torch
+
+    from clearmamba.experiments.referral_study import ReferralStudyConfig, run
+
+    torch.set_num_threads(threads)
+    options = {"checkpoints": tuple(str(c) for c in checkpoint), "target_risk": target_risk, "delta": delta}
+    if quick:
+        config = ReferralStudyConfig.quick_config(**options)
+    else:
+        config = ReferralStudyConfig(n_draws=draws, n_calibration=n_calibration, n_test=n_test, n_ood=n_ood, **options)
+    payload = run(config, out, log=typer.echo)
+    typer.echo((out / "table.md").read_text())
+    typer.echo(f"wrote {out}/results.json, table.md in {payload['wall_seconds']:.0f} s")
+
+
 @active_app.command("simulate")
 def simulate(
     out: Annotated[Path, typer.Option(help="Folder for curves.json, summary.md and the plot.")] = ACTIVE_OUT,
