@@ -43,6 +43,8 @@ _EXPORTS = {
     "images_to_examset": "mnist",
     "group_split": "splits",
     "group_split_indices": "splits",
+    "Preprocessing": "invariant",
+    "PreprocessedExams": "invariant",
     "ExamAugment": "preprocess",
     "TransformedExams": "preprocess",
     "fov_mask": "preprocess",
