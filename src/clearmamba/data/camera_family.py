@@ -241,7 +241,9 @@ class CameraAugmentedExams(Dataset):
     Deterministic given ``generator``: one base seed is drawn from it, and item ``i`` at epoch ``e`` uses its
     own generator seeded from (base, e, i), so the result does not depend on the order items are read in or
     on DataLoader workers. Call :meth:`set_epoch` each epoch for new cameras (like ``DistributedSampler``).
-    Padded frames (``mask`` False) stay zero.
+    Padded frames (``mask`` False) stay zero. Wrap exams rendered through :data:`IDEAL_CAMERA` for each exam
+    to be seen through exactly a family camera; on frames a device already degraded, the two compound (e.g.
+    blur 0.8 then 0.9 is about blur 1.2, and gains multiply), reaching past the family's ranges.
     """
 
     def __init__(
