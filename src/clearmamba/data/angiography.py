@@ -20,6 +20,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from clearmamba.data.cameras import Camera
 from clearmamba.data.devices import DEFAULT_DEVICES, DeviceProfile, apply_device
 from clearmamba.data.examset import UNKNOWN_LABEL, ExamSet
 from clearmamba.data.lesions import MAX_DOTS, UNSEEN_PATTERN, dye_curves, lesion_maps, progress_axis
@@ -37,7 +38,7 @@ class SimulatorConfig:
     size: int = 64
     classes: tuple[str, ...] = CLASS_NAMES
     icga_fraction: float = 0.35  # share of ICGA exams; the rest are FFA
-    devices: tuple[DeviceProfile, ...] = DEFAULT_DEVICES
+    devices: tuple[DeviceProfile | Camera, ...] = DEFAULT_DEVICES  # a Camera sees the retina beyond the FOV
     heldout_devices: tuple[str, ...] = ("device_E",)
     label_noise: float = 0.0  # probability that an exam's label is replaced by another class
     imbalance: float = 1.0  # frequency ratio of the most to the least common class (long tail); 1 = balanced
@@ -221,16 +222,20 @@ def _render_chunk(plan: dict, sl: slice, cfg: SimulatorConfig, kinds: tuple[str,
     )
     icg = torch.stack([zero, 0.12 * c, 0.55 * a, 0.55 * v, 0.15 * a, zero, 0.55 * c, 0.18 * late], dim=-1)
     coef = torch.where(icga[:, None, None], icg, ffa)  # [b, t, k]
-    image = torch.einsum("btk,bkhw->bthw", coef, basis) + lesion
-    image = image * fov
+    ideal = torch.einsum("btk,bkhw->bthw", coef, basis) + lesion
+    image = ideal * fov
 
     out = torch.zeros_like(image)
     devices = plan["device"][sl]
     by_name = {dev.name: dev for dev in cfg.devices}
     for name in dict.fromkeys(devices.tolist()):
         r = torch.as_tensor(np.nonzero(devices == name)[0])
-        chunk = image[r].reshape(-1, size, size)
-        out[r] = apply_device(chunk, by_name[name], fov, gen).reshape(len(r), cfg.frames, size, size)
+        device = by_name[name]
+        if isinstance(device, Camera):  # its own aperture, so it gets the retina before the simulator's FOV
+            seen = device.apply(ideal[r].reshape(-1, size, size), gen)
+        else:
+            seen = apply_device(image[r].reshape(-1, size, size), device, fov, gen)
+        out[r] = seen.reshape(len(r), cfg.frames, size, size)
     mask = torch.arange(cfg.frames)[None] < real[:, None]
     out = out * mask[:, :, None, None]
     return out[:, :, None].expand(-1, -1, cfg.channels, -1, -1).contiguous(), times * mask, mask

@@ -6,11 +6,15 @@ handles all of them. OOD sets carry ``UNKNOWN_LABEL`` (-1) labels.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from dataclasses import replace
+
 import numpy as np
 import torch
 import torch.nn.functional as F
 
 from clearmamba.data.angiography import SimulatorConfig, simulate_exams, simulate_unseen_disease
+from clearmamba.data.cameras import Camera
 from clearmamba.data.examset import UNKNOWN_LABEL, ExamSet
 
 NON_ANGIOGRAPHY_SOURCES = ("retina_photo", "immunohistochemistry", "cell_microscopy", "faces")
@@ -169,3 +173,53 @@ def make_builtin_splits(
         sets["ood_non_angiography"] = non_angiography_exams(n_ood, cfg, base + 6)
         sets["ood_corrupted"] = corrupted_exams(n_ood, cfg, base + 7, anatomy_seed=seed)
     return sets
+
+
+# ----------------------------------------------------------------------------------------------- cameras
+
+
+def simulate_camera_exams(
+    n: int,
+    cameras: Camera | Sequence[Camera],
+    config: SimulatorConfig | None = None,
+    seed: int = 0,
+    id_prefix: str | None = None,
+    name: str | None = None,
+    anatomy_seed: int | None = None,
+) -> ExamSet:
+    """``n`` simulated exams seen through ``cameras`` (one, or several with one drawn per exam; all frames of
+    an exam through the same one). ``device_id`` is the camera's name. With the arguments of a set of
+    :func:`make_builtin_splits` (its seed, ``id_prefix`` and ``anatomy_seed``) these are that set's exams
+    (patients, lesions, frame times) seen through other cameras."""
+    chosen = (cameras,) if isinstance(cameras, Camera) else tuple(cameras)
+    if not chosen or not all(isinstance(c, Camera) for c in chosen):
+        raise ValueError(f"simulate_camera_exams: expected a Camera or a sequence of Cameras, got {cameras!r}")
+    cfg = replace(config or SimulatorConfig(), devices=chosen, heldout_devices=())
+    names = tuple(c.name for c in chosen)
+    return simulate_exams(
+        n, cfg, seed, devices=names, id_prefix=id_prefix, name=name or "_".join(names), anatomy_seed=anatomy_seed
+    )
+
+
+def make_camera_sets(
+    cameras: Sequence[Camera] | None = None,
+    n: int = 200,
+    config: SimulatorConfig | None = None,
+    seed: int = 0,
+) -> dict[str, ExamSet]:
+    """One ExamSet per camera (default: the held-out cameras and ``device_E``), named ``camera_<name>``.
+
+    Every set holds the same ``n`` exams (patients, lesions, frame times) seen through its camera, so the
+    cameras are compared on paired exams. Their patients are disjoint from those of
+    ``make_builtin_splits(seed=seed)`` (own id prefix and simulation seed); the vessel-tree templates are
+    shared, as between that function's own sets.
+    """
+    from clearmamba.data.camera_family import HELDOUT_WITH_DEVICE_E
+
+    cameras = HELDOUT_WITH_DEVICE_E if cameras is None else tuple(cameras)
+    return {
+        f"camera_{camera.name}": simulate_camera_exams(
+            n, camera, config, int(seed) * 100 + 8, f"camera{seed}", f"camera_{camera.name}", anatomy_seed=seed
+        )
+        for camera in cameras
+    }

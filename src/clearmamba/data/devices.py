@@ -35,21 +35,27 @@ DEFAULT_DEVICES = (
 def optics_matrix(dev: DeviceProfile, size: int) -> torch.Tensor:
     """``[size, size]`` matrix T such that ``T @ x @ T.T`` blurs (Gaussian, edge-renormalised) and resamples
     ``x`` through the device's lower sensor resolution (area down, linear up). Two matmuls per frame."""
+    return blur_resolution_matrix(dev.blur, dev.resolution, size)
+
+
+def blur_resolution_matrix(blur: float, resolution: float, size: int) -> torch.Tensor:
+    """``[size, size]`` matrix: Gaussian blur of sigma ``blur`` (pixels at 64 px, edge-renormalised), then area
+    down to ``resolution * size`` pixels (at least 8) and linear back up. Shared by devices and cameras."""
     index = torch.arange(size, dtype=torch.float32)
-    sigma = dev.blur * size / 64
+    sigma = blur * size / 64
     if sigma > 0:
-        blur = torch.exp(-((index[:, None] - index[None, :]) ** 2) / (2 * sigma**2))
-        blur = blur / blur.sum(1, keepdim=True)
+        kernel = torch.exp(-((index[:, None] - index[None, :]) ** 2) / (2 * sigma**2))
+        kernel = kernel / kernel.sum(1, keepdim=True)
     else:
-        blur = torch.eye(size)
-    low = max(int(round(size * dev.resolution)), 8)
+        kernel = torch.eye(size)
+    low = max(int(round(size * resolution)), 8)
     if low >= size:
-        return blur
+        return kernel
     down = F.interpolate(torch.eye(size)[None], size=low, mode="area")[0].T  # [low, size]
     up = F.interpolate(torch.eye(low)[None], size=size, mode="linear", align_corners=False)[
         0
     ].T  # [size, low]
-    return up @ down @ blur
+    return up @ down @ kernel
 
 
 def apply_device(

@@ -18,13 +18,19 @@ import torch
 from torch import Tensor, nn
 
 from clearmamba.uncertainty import Prediction, create_head
+from clearmamba.uncertainty.heads import FusedRaPHead, FusedSoftmaxHead
 
-from .hac import HaC
+from .hac import HaC, PublicHaC
 from .registry import create_model, register_model
 from .temporal import create_temporal, last_real_index
 
 HEAD_KINDS = ("evidential", "softmax")
 HAC_STAGES = ("last", "all")
+# film_gate: clearmamba's HaC (identity at init); public: the public CLEAR-Mamba code's (see hac.PublicHaC)
+HAC_VARIANTS = ("film_gate", "public")
+# none: one average-pooled vector; three_branch: the public code's fused head over [GAP(HaC features) if
+# hac_variant="public"], GMP and GAP of the last map (see uncertainty.heads.FusedRaPHead)
+HEAD_FUSIONS = ("none", "three_branch")
 
 
 @dataclass(frozen=True)
@@ -38,6 +44,12 @@ class ClearMambaConfig:
     temporal_d_state: int = 8
     hac: bool = True
     hac_stages: str = "last"
+    hac_variant: str = "film_gate"
+    hac_reduction: int = 4  # public HaC: reduced dim R = feature dim / reduction
+    hac_feature_dim: int | None = None  # public HaC: feature dim F (default: the backbone's first stage width)
+    hac_gated: bool = False  # public HaC: a true SwiGLU instead of the public code's LN-Linear-SiLU-Linear
+    head_fusion: str = "none"
+    head_proj_dim: int = 128  # three_branch: width of each branch's projection
     drop_rate: float = 0.0
     prior_weight: float = 1.0  # R-EDL's lambda: the evidential head returns evidence in units of it
     backbone_kwargs: dict = field(default_factory=dict)
@@ -47,6 +59,17 @@ class ClearMambaConfig:
             raise ValueError(f"ClearMambaConfig.head: expected one of {HEAD_KINDS}, got {self.head!r}")
         if self.hac_stages not in HAC_STAGES:
             raise ValueError(f"ClearMambaConfig.hac_stages: expected one of {HAC_STAGES}, got {self.hac_stages!r}")
+        if self.hac_variant not in HAC_VARIANTS:
+            raise ValueError(f"ClearMambaConfig.hac_variant: expected one of {HAC_VARIANTS}, got {self.hac_variant!r}")
+        if self.head_fusion not in HEAD_FUSIONS:
+            raise ValueError(f"ClearMambaConfig.head_fusion: expected one of {HEAD_FUSIONS}, got {self.head_fusion!r}")
+        if self.hac and self.hac_variant == "public" and self.hac_stages != "last":
+            raise ValueError("ClearMambaConfig: hac_variant='public' conditions the last map; use hac_stages='last'")
+        if self.hac_reduction < 1 or self.head_proj_dim < 1 or (self.hac_feature_dim or 1) < 1:
+            raise ValueError(
+                f"ClearMambaConfig: need hac_reduction, head_proj_dim and hac_feature_dim >= 1, got "
+                f"{self.hac_reduction}, {self.head_proj_dim}, {self.hac_feature_dim}"
+            )
         if self.num_classes < 2 or self.in_chans < 1:
             raise ValueError(
                 f"ClearMambaConfig: need num_classes >= 2 and in_chans >= 1, got {self.num_classes}, {self.in_chans}"
@@ -57,30 +80,68 @@ class ClearMambaConfig:
 
 
 class FrameEncoder(nn.Module):
-    """2-D backbone + HaC + global average pooling: ``n c h w -> n d``.
+    """2-D backbone + HaC + pooling: ``n c h w -> n d``.
 
     ``hac_stages="last"`` conditions the last feature map; ``"all"`` (MedMamba backbones only) conditions the
-    output of every stage, inside the backbone's channels-last stage loop.
+    output of every stage, inside the backbone's channels-last stage loop. ``hac_variant="public"`` (MedMamba
+    only) conditions the last map from the early one (:class:`~clearmamba.models.hac.PublicHaC`). With
+    ``head_fusion="three_branch"`` the output is the concatenation of the branches ``branch_dims``.
     """
 
-    def __init__(self, backbone: nn.Module, hac: bool, hac_stages: str) -> None:
+    def __init__(
+        self,
+        backbone: nn.Module,
+        hac: bool,
+        hac_stages: str,
+        hac_variant: str = "film_gate",
+        hac_reduction: int = 4,
+        hac_feature_dim: int | None = None,
+        hac_gated: bool = False,
+        head_fusion: str = "none",
+    ) -> None:
         super().__init__()
         self.backbone = backbone
-        self.num_features = backbone.num_features
+        width = backbone.num_features
         self.hac_stages = hac_stages if hac else "none"
         self.stage_hac = nn.ModuleList()
         self.last_hac = None
-        if hac and hac_stages == "all":
-            if not (hasattr(backbone, "layers") and hasattr(backbone, "patch_embed")):
+        self.public_hac = None
+        is_medmamba = hasattr(backbone, "layers") and hasattr(backbone, "patch_embed")
+        if hac and hac_variant == "public":
+            if not is_medmamba:
+                raise ValueError(f"hac_variant='public' needs a MedMamba backbone, got {type(backbone).__name__}")
+            self.hac_stages = "public"
+            self.public_hac = PublicHaC(backbone.cfg.dims[0], width, hac_feature_dim, hac_reduction, hac_gated)
+        elif hac and hac_stages == "all":
+            if not is_medmamba:
                 raise ValueError(f"hac_stages='all' needs a MedMamba backbone, got {type(backbone).__name__}")
             dims = list(backbone.cfg.dims)
             # stage i ends with patch merging (dims double) except the last
             out_dims = [dims[min(i + 1, len(dims) - 1)] for i in range(len(dims))]
             self.stage_hac = nn.ModuleList(HaC(d, channels_last=True) for d in out_dims)
         elif hac:
-            self.last_hac = HaC(self.num_features)
+            self.last_hac = HaC(width)
+        self.head_fusion = head_fusion
+        if head_fusion == "three_branch":
+            dynamic = (self.public_hac.feature_dim,) if self.public_hac is not None else ()
+            self.branch_dims: tuple[int, ...] = (*dynamic, width, width)
+        else:
+            self.branch_dims = (width,)
+        self.num_features = sum(self.branch_dims)
+
+    def maps(self, x: Tensor) -> tuple[Tensor, Tensor | None]:
+        """The conditioned last feature map ``b C H W`` and, for the public HaC, its dynamic features."""
+        if self.hac_stages == "public":
+            early = self.backbone.patch_embed(self.backbone.stem(x))  # b h w c
+            h = early
+            for layer in self.backbone.layers:
+                h = layer(h)
+            return self.public_hac(early.permute(0, 3, 1, 2), h.permute(0, 3, 1, 2))
+        return self.feature_map(x), None
 
     def feature_map(self, x: Tensor) -> Tensor:
+        if self.hac_stages == "public":
+            return self.maps(x)[0]
         if self.hac_stages != "all":
             features = self.backbone.forward_features(x)
             return features if self.last_hac is None else self.last_hac(features)
@@ -90,7 +151,14 @@ class FrameEncoder(nn.Module):
         return h.permute(0, 3, 1, 2)
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.feature_map(x).mean(dim=(2, 3))
+        features, dynamic = self.maps(x)
+        if self.head_fusion == "none":
+            return features.mean(dim=(2, 3))
+        # [GAP(dynamic)], GMP(X), GAP(X): the public code's dynamic, local and global branches
+        branches = [features.amax(dim=(2, 3)), features.mean(dim=(2, 3))]
+        if dynamic is not None:
+            branches.insert(0, dynamic.mean(dim=(2, 3)))
+        return torch.cat(branches, dim=-1)
 
 
 class ClearMamba(nn.Module):
@@ -98,16 +166,24 @@ class ClearMamba(nn.Module):
         super().__init__()
         self.cfg = cfg
         backbone = create_model(cfg.backbone, num_classes=cfg.num_classes, in_chans=cfg.in_chans, **cfg.backbone_kwargs)
-        self.encoder = FrameEncoder(backbone, cfg.hac, cfg.hac_stages)
+        self.encoder = FrameEncoder(
+            backbone, cfg.hac, cfg.hac_stages, cfg.hac_variant, cfg.hac_reduction, cfg.hac_feature_dim,
+            cfg.hac_gated, cfg.head_fusion,
+        )  # fmt: skip
         self.num_features = self.encoder.num_features
         self.temporal = create_temporal(cfg.temporal, self.num_features, cfg.temporal_d_state)
-        self.head = create_head(
-            cfg.head,
-            self.num_features,
-            cfg.num_classes,
-            dropout=cfg.drop_rate,
-            **({"evidence": cfg.evidence, "prior_weight": cfg.prior_weight} if cfg.head == "evidential" else {}),
-        )
+        evidence = {"evidence": cfg.evidence} if cfg.head == "evidential" else {}
+        if cfg.head_fusion == "three_branch":
+            if cfg.prior_weight != 1.0:
+                raise ValueError("ClearMambaConfig.prior_weight: R-EDL's prior weight needs head_fusion='none'")
+            fused = FusedRaPHead if cfg.head == "evidential" else FusedSoftmaxHead
+            self.head = fused(
+                self.encoder.branch_dims, cfg.num_classes, proj_dim=cfg.head_proj_dim, dropout=cfg.drop_rate, **evidence
+            )
+        else:
+            if cfg.head == "evidential":
+                evidence["prior_weight"] = cfg.prior_weight
+            self.head = create_head(cfg.head, self.num_features, cfg.num_classes, dropout=cfg.drop_rate, **evidence)
         # the backbone's own classifier is never used: the uncertainty head replaces it
         if hasattr(backbone, "head") and isinstance(backbone.head, nn.Module):
             backbone.head = nn.Identity()

@@ -147,3 +147,75 @@ class SoftmaxCrossEntropy(nn.Module):
     def forward(self, logits, target: Tensor, epoch: float | None = None) -> Tensor:
         logits = getattr(logits, "logits", logits)
         return nn.functional.cross_entropy(logits, target, label_smoothing=self.label_smoothing)
+
+
+class PublicEvidentialLoss(nn.Module):
+    """The public CLEAR-Mamba code's RaP loss, on the full alpha (no target evidence removed):
+
+        loss = mean_b [ sum_k y_k (digamma(S) - digamma(alpha_k)) + lambda KL(Dir(alpha) || Dir(1)) ]
+
+    ``lambda`` is ``kl_weight`` fixed, or with ``adaptive`` updated before each training batch from the batch
+    means NLL_t and KL_t (detached; ``ema`` = 0.9, ``scale`` c = 1.2):
+
+        m_nll <- ema m_nll + (1 - ema) NLL_t        m_kl <- ema m_kl + (1 - ema) max(KL_t, 1e-8)
+        lambda <- ema lambda + (1 - ema) clip(c m_nll / (m_kl + 1e-8), kl_min, kl_max)
+
+    with the averages started at the first batch's values and ``lambda`` at ``kl_weight``. The state is kept
+    in buffers, so it travels with ``state_dict``; evaluation mode (``.eval()``) does not update it. The
+    public code's KL leaves out the constant -ln Gamma(K): no effect on gradients, but it enters the
+    adaptive ratio; ``kl_without_log_gamma_k=True`` reproduces that.
+    """
+
+    def __init__(
+        self,
+        kl_weight: float = 5e-3,
+        adaptive: bool = False,
+        scale: float = 1.2,
+        ema: float = 0.9,
+        kl_min: float = 1e-6,
+        kl_max: float = 2e-2,
+        kl_without_log_gamma_k: bool = False,
+    ) -> None:
+        super().__init__()
+        if kl_weight < 0 or scale <= 0 or not 0 <= ema < 1 or not 0 <= kl_min <= kl_max:
+            raise ValueError(
+                f"PublicEvidentialLoss: need kl_weight >= 0, scale > 0, 0 <= ema < 1, 0 <= kl_min <= kl_max; got "
+                f"{kl_weight}, {scale}, {ema}, {kl_min}, {kl_max}"
+            )
+        self.adaptive, self.scale, self.ema = adaptive, scale, ema
+        self.kl_min, self.kl_max = kl_min, kl_max
+        self.kl_without_log_gamma_k = kl_without_log_gamma_k
+        self.register_buffer("kl_coefficient", torch.tensor(float(kl_weight), dtype=torch.float64))
+        self.register_buffer("nll_average", torch.tensor(float("nan"), dtype=torch.float64))
+        self.register_buffer("kl_average", torch.tensor(float("nan"), dtype=torch.float64))
+        self.last_nll = self.last_kl = float("nan")
+
+    def kl(self, alpha: Tensor) -> Tensor:
+        kl = kl_to_uniform_dirichlet(alpha)
+        return kl + math.lgamma(alpha.shape[-1]) if self.kl_without_log_gamma_k else kl
+
+    def update(self, nll: float, kl: float) -> float:
+        """One adaptive step from a batch's mean NLL and KL; returns the new lambda."""
+        kl = max(kl, 1e-8)
+        if torch.isnan(self.nll_average):
+            self.nll_average.fill_(nll)
+            self.kl_average.fill_(kl)
+        b = self.ema
+        self.nll_average.mul_(b).add_((1 - b) * nll)
+        self.kl_average.mul_(b).add_((1 - b) * kl)
+        ratio = self.scale * float(self.nll_average) / (float(self.kl_average) + 1e-8)
+        target = min(max(ratio, self.kl_min), self.kl_max)
+        self.kl_coefficient.mul_(b).add_((1 - b) * target)
+        return float(self.kl_coefficient)
+
+    def forward(self, evidence, target: Tensor, epoch: float | None = None) -> Tensor:
+        evidence = getattr(evidence, "evidence", evidence)
+        if evidence is None:
+            raise ValueError("PublicEvidentialLoss needs evidence: use it with an evidential (RaP) head")
+        y = _one_hot(target, evidence)
+        alpha = evidence + 1
+        nll, kl = cross_entropy_bayes_risk(alpha, y), self.kl(alpha)
+        self.last_nll, self.last_kl = float(nll.mean().detach()), float(kl.mean().detach())
+        if self.adaptive and self.training:
+            self.update(self.last_nll, self.last_kl)
+        return (nll + float(self.kl_coefficient) * kl).mean()
