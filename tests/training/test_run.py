@@ -79,3 +79,51 @@ def test_training_on_nan_frames_stops_with_a_clear_error(tmp_path):
         train_tiny(tmp_path / "nan", source=source)
     assert not (tmp_path / "nan" / "checkpoint").exists()
     assert "\n" not in str(error.value)
+
+
+def test_invariant_steps_and_camera_augmentation_travel_in_the_record(tmp_path):
+    from dataclasses import replace
+
+    from clearmamba.data.camera_family import TRAINING_FAMILY, CameraAugment
+    from clearmamba.data.invariant import INVARIANT
+    from clearmamba.data.sources import training_splits
+    from clearmamba.training import load_run
+    from clearmamba.training.inference import predict_files
+    from clearmamba.training.run import CameraBatches, train_run
+
+    from .conftest import tiny_config
+
+    source = exam_source()
+    data = (source, *training_splits(source, 0))
+    cfg = replace(tiny_config("evidential", FAST.with_(epochs=1), posthoc=False), intensity=INVARIANT,
+                  camera_augment=CameraAugment(TRAINING_FAMILY))  # fmt: skip
+    _, record = train_run(cfg, tmp_path / "run", data=data, log=lambda _: None)
+    model, loaded = load_run(tmp_path / "run")
+    assert loaded.preprocessing.intensity == INVARIANT and loaded.augmentation == CameraAugment(TRAINING_FAMILY)
+    # each exam of a batch through its own camera, the intensity steps after it
+    frames, times, mask = (x[:4] for x in (source.sets["train"].frames, source.sets["train"].frame_times,
+                                           source.sets["train"].mask))  # fmt: skip
+    augmented, _, _ = CameraBatches(CameraAugment(TRAINING_FAMILY), INVARIANT)(
+        (frames, times, mask), torch.Generator().manual_seed(0))
+    plain = torch.stack([INVARIANT(frames[i], mask[i]) for i in range(4)])
+    assert augmented.shape == plain.shape and not torch.allclose(augmented, plain)
+    # predict applies the record's steps: an exam twice as bright gives the same answer
+    from PIL import Image
+
+    for name, gain in (("dim", 0.4), ("bright", 0.8)):
+        folder = tmp_path / name
+        folder.mkdir()
+        for t in range(3):
+            pixels = (source.sets["test"].frames[0, t, 0] * gain * 255).round().clamp(0, 255).byte().numpy()
+            Image.fromarray(pixels).save(folder / f"f{t}.png")
+    seen = []
+
+    class Spy(torch.nn.Module):  # records what the model is given
+        def forward(self, x, times, mask):
+            seen.append(x.clone())
+            return model(x, times, mask)
+
+    results, errors = predict_files(Spy(), loaded, [tmp_path / "dim", tmp_path / "bright"])
+    assert not errors and len(results) == 2
+    # twice the light on disk, the same input to the model: the steps removed the gain (up to 8-bit rounding)
+    assert seen[1].mean() > 0.1 and (seen[0] - seen[1]).abs().mean() < 0.01  # raw: means 2x apart

@@ -163,7 +163,7 @@ def make_builtin_splits(
         "test": split("test", n_test, 3),
     }
     if n_calibration > 0:
-        sets["calibration"] = split("calibration", n_calibration, 8)
+        sets["calibration"] = split("calibration", n_calibration, 9)  # 8 is make_camera_sets'
     if cfg.heldout_devices and n_heldout > 0:
         sets["test_heldout_device"] = split("test_heldout_device", n_heldout, 4, cfg.heldout_devices)
     if n_ood > 0:

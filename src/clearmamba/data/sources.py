@@ -42,6 +42,13 @@ class BuiltinData:
     frames: int = 6
     classes: tuple[str, ...] | None = None  # None: every simulated class
     seed: int = 0
+    # "devices": training exams through the simulator's cameras A-D; "ideal": through data.IDEAL_CAMERA, for
+    # camera augmentation to see each exam through exactly one family camera
+    train_camera: str = "devices"
+
+    def __post_init__(self) -> None:
+        if self.train_camera not in ("devices", "ideal"):
+            raise ValueError(f"BuiltinData.train_camera: expected 'devices' or 'ideal', got {self.train_camera!r}")
 
 
 @dataclass(frozen=True)
@@ -95,7 +102,15 @@ def load_builtin(spec: BuiltinData, progress: bool = False) -> dict[str, ExamSet
     if spec.classes:
         config = SimulatorConfig(size=spec.size, frames=spec.frames, classes=tuple(spec.classes))
     sizes = {k: getattr(spec, k) for k in ("n_train", "n_val", "n_test", "n_heldout", "n_ood", "n_calibration")}
-    return make_builtin_splits(config, seed=spec.seed, progress=progress, **sizes)
+    sets = make_builtin_splits(config, seed=spec.seed, progress=progress, **sizes)
+    if spec.train_camera == "ideal":
+        from clearmamba.data.builtin import simulate_camera_exams
+        from clearmamba.data.camera_family import IDEAL_CAMERA
+
+        # the same training exams (make_builtin_splits' seed, prefix and templates) through the ideal camera
+        sets["train"] = simulate_camera_exams(spec.n_train, IDEAL_CAMERA, config, spec.seed * 100 + 1,
+                                              f"train{spec.seed}", "train", anatomy_seed=spec.seed)  # fmt: skip
+    return sets
 
 
 def _split_by_column(exams: ExamSet) -> dict[str, ExamSet]:

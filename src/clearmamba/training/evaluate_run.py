@@ -86,6 +86,9 @@ def run_evaluation(checkpoint: str | Path, data: str, split: str = "auto", oods:
         key = name if name.startswith("ood") else f"ood_{name}"
         sets[key] = as_unknown(open_unlabelled(path, read), name)
         notes.append(f"also scoring {key} ({len(sets[key])} exams from {path}, as unknown)")
+    intensity = record.preprocessing.intensity
+    if intensity.steps:  # what the model saw in training: the record's acquisition-invariant steps
+        sets = {n: intensity.apply_examset(s) for n, s in sets.items()}
     name = record.model.arch
     target = "cpu" if device == "auto" else device
     predictions = {name: {k: predict(model, v, device=target) for k, v in sets.items()}}

@@ -74,6 +74,7 @@ def predict_files(model: nn.Module, record: RunRecord, paths: Sequence[Path],
         except DataError as error:
             errors.append(str(error))
             continue
+        frames = record.preprocessing.intensity(frames)  # the record's acquisition-invariant steps (or none)
         x, t, mask = pad_exams([frames], [torch.tensor(times)])
         prediction = model(x, t, mask)
         prediction.ids = [str(path)]

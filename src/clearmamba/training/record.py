@@ -22,6 +22,8 @@ from typing import Any
 
 import torch
 
+from clearmamba.data.camera_family import CameraAugment
+from clearmamba.data.invariant import Preprocessing as IntensitySteps
 from clearmamba.data.sources import BuiltinData, SplitRule
 from clearmamba.evaluation.referral_rule import ReferralRule
 from clearmamba.serialize import to_json
@@ -44,6 +46,8 @@ class Preprocessing:
     frame_time_source: str = "seconds"
     # median training time at each frame position: what predict assumes, and says so, when given no times
     typical_frame_times: tuple[float, ...] = ()
+    # acquisition-invariant steps applied to every exam after reading (data.invariant; empty = none)
+    intensity: IntensitySteps = IntensitySteps()
 
     def __post_init__(self) -> None:
         if self.frame_time_source not in FRAME_TIME_SOURCES:
@@ -124,6 +128,7 @@ class RunRecord:
     versions: Versions
     referral: ReferralRule | None = None  # the one referral policy (evaluation.referral), fitted at training
     posthoc: PosthocEntry | None = None
+    augmentation: CameraAugment | None = None  # random training-family cameras, one per exam and step
     format: str = FORMAT
 
     def __post_init__(self) -> None:

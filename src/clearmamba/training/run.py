@@ -14,7 +14,7 @@ import json
 import math
 import statistics
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +22,9 @@ import torch
 from torch import nn
 
 from clearmamba.atomic import atomic_write_text
+from clearmamba.data.camera_family import CameraAugment
 from clearmamba.data.examset import ExamSet
+from clearmamba.data.invariant import Preprocessing as IntensitySteps
 from clearmamba.data.loaders import ReadOptions
 from clearmamba.data.sources import BuiltinData, Source, examset_sha256, open_source, training_splits
 from clearmamba.errors import UserError
@@ -63,6 +65,10 @@ class RunConfig:
     read: ReadOptions = ReadOptions()
     builtin: BuiltinData = BuiltinData()
     classes: tuple[str, ...] | None = None  # declared class names (labels must belong to them)
+    # acquisition-invariant steps for every exam (data.invariant.INVARIANT: field of view, gain and gamma removed)
+    intensity: IntensitySteps = IntensitySteps()
+    # random cameras from a training family during training (with builtin data, train_camera="ideal" first)
+    camera_augment: CameraAugment | None = None
     target_risk: float = 0.05  # allowed error among accepted exams
     delta: float = 0.1  # the promise holds with probability >= 1 - delta over the calibration exams
     require_guarantee: bool = False  # refuse (instead of warn) when the exams cannot support the target
@@ -90,6 +96,29 @@ def prepare_out(out: Path, resume: bool, overwrite: bool) -> None:
     ckpt.clean_stale(out)
 
 
+class CameraBatches:
+    """fit's ``augment``: each exam of a training batch through its own random camera (all its frames alike),
+    then the run's intensity steps, so augmentation happens before what the model will see at prediction."""
+
+    def __init__(self, augment: CameraAugment | None, intensity: IntensitySteps) -> None:
+        self.augment, self.intensity = augment, intensity
+
+    def __call__(self, inputs: tuple[torch.Tensor, ...], generator: torch.Generator) -> tuple[torch.Tensor, ...]:
+        frames, times, mask = inputs
+        out = []
+        for i in range(len(frames)):
+            x = frames[i] if self.augment is None else self.augment(frames[i], generator) * mask[i][:, None, None, None]
+            out.append(self.intensity(x, mask[i]))
+        return torch.stack(out), times, mask
+
+
+def preprocess_sets(sets: dict[str, ExamSet], intensity: IntensitySteps, skip: tuple[str, ...] = ()) -> dict:
+    """Every set through the intensity steps (the same ones evaluate and predict apply from the record)."""
+    if not intensity.steps:
+        return sets
+    return {name: s if name in skip else intensity.apply_examset(s) for name, s in sets.items()}
+
+
 def preprocessing_of(train_set: ExamSet, frame_times: str) -> Preprocessing:
     _, t, c, h, w = train_set.frames.shape
     typical = []
@@ -104,7 +133,8 @@ def preprocessing_of(train_set: ExamSet, frame_times: str) -> Preprocessing:
 def fingerprint(record: RunRecord) -> dict[str, Any]:
     """What must be equal for ``--resume`` to continue a run."""
     parts = {"model": record.model, "method": record.method, "train": record.train,
-             "preprocessing": record.preprocessing, "data.train_sha256": record.data.train_sha256}  # fmt: skip
+             "preprocessing": record.preprocessing, "augmentation": record.augmentation,
+             "data.train_sha256": record.data.train_sha256}  # fmt: skip
     return _flatten(to_json(parts))
 
 
@@ -216,9 +246,10 @@ def build_record(cfg: RunConfig, source: Source, sets: dict[str, ExamSet], rule)
                     builtin=cfg.builtin if source.spec == "builtin" else None,
                     n_calibration=len(sets["calibration"]) if "calibration" in sets else 0)  # fmt: skip
     outcome = Outcome(0, None, False, math.nan, math.nan, 0.0)
+    preprocessing = replace(preprocessing_of(train_set, source.frame_times), intensity=cfg.intensity)
     return RunRecord(classes=tuple(train_set.class_names), model=ModelSpec(cfg.arch, options),
-                     preprocessing=preprocessing_of(train_set, source.frame_times), method=cfg.method,
-                     train=cfg.train, data=data, outcome=outcome, versions=Versions.current())  # fmt: skip
+                     preprocessing=preprocessing, method=cfg.method, train=cfg.train, data=data, outcome=outcome,
+                     versions=Versions.current(), augmentation=cfg.camera_augment)  # fmt: skip
 
 
 def train_run(cfg: RunConfig, out: str | Path, resume: bool = False, overwrite: bool = False,
@@ -229,8 +260,6 @@ def train_run(cfg: RunConfig, out: str | Path, resume: bool = False, overwrite: 
 
     ``data``: the opened source, its splits and split rule (else read from ``cfg.data``); ``prepared``: the
     caller already ran :func:`prepare_out` (so the folder was checked before the data were read)."""
-    from dataclasses import replace
-
     from clearmamba.models import create_model
     from clearmamba.uncertainty import create_method
 
@@ -245,8 +274,13 @@ def train_run(cfg: RunConfig, out: str | Path, resume: bool = False, overwrite: 
         log(f"{name + ': ' if name else ''}resuming after epoch {resume_point.epoch} from {out / 'last'}")
     callbacks = [EarlyStopping(cfg.train.patience), FiniteLoss(cfg.data), EpochLog(name, log, live),
                  RunState(out, fingerprint(record))]  # fmt: skip
-    result = fit(method, lambda: create_model(cfg.arch, **record.model.options), sets["train"], cfg.train,
-                 val=sets["val"], callbacks=callbacks, resume=resume_point)  # fmt: skip
+    raw_train = sets["train"]
+    sets = preprocess_sets(sets, cfg.intensity)
+    # with camera augmentation the raw training frames go through a camera, then the intensity steps, per batch
+    augment = CameraBatches(cfg.camera_augment, cfg.intensity) if cfg.camera_augment is not None else None
+    result = fit(method, lambda: create_model(cfg.arch, **record.model.options),
+                 raw_train if augment is not None else sets["train"], cfg.train, val=sets["val"],
+                 callbacks=callbacks, resume=resume_point, augment=augment)  # fmt: skip
     model = result.model
     history = result.history[0]
     extra: dict[str, bytes] = {}
