@@ -66,3 +66,11 @@ def test_unknown_method_and_bad_options():
         create_method("swag", members=3)
     with pytest.raises(ValueError, match="dataset_size"):
         create_method("variational").prepare(TinyConvNet())
+
+
+def test_the_public_code_loss_is_selectable_by_name():
+    from clearmamba.uncertainty.edl_losses import PublicEvidentialLoss
+
+    method = create_method("evidential", objective="public", kl_weight=5e-3, adaptive_kl=True)
+    assert isinstance(method.criterion, PublicEvidentialLoss)
+    assert method.criterion.adaptive and float(method.criterion.kl_coefficient) == pytest.approx(5e-3)

@@ -149,6 +149,43 @@ def edl_variants(
     typer.echo(f"wrote {out}/results.json, table.md in {payload['wall_seconds']:.0f} s")
 
 
+@experiment_app.command("camera-shift")
+def camera_shift(
+    out: Annotated[Path, typer.Option(metavar="FOLDER", help="Folder for runs/, results.json and table.md.")] = Path(
+        "runs/camera-shift"),
+    candidates: Annotated[str | None, typer.Option(metavar="NAMES", help="Comma-separated: no_hac, hac, hac_public, "
+                                                   "rap_public, invariant, augment, invariant+augment (all).")] = None,
+    seeds: Annotated[int, typer.Option(metavar="N", min=1, help="Seeds (the first trains every candidate).")] = 2,
+    keep: Annotated[int, typer.Option(metavar="N", min=1, help="Candidates kept after the first seed.")] = 3,
+    workers: Annotated[int, typer.Option(metavar="N", min=1, help="Training processes side by side.")] = 2,
+    quick: Annotated[bool, typer.Option("--quick", help="CI size: 2 candidates, 1 seed, tiny sets.")] = False,
+    threads: Annotated[int, typer.Option(metavar="N", help="torch CPU threads of this process.")] = 1,
+) -> None:
+    """Issue 17: CLEAR-Mamba on held-out cameras: HaC variants, invariant preprocessing, camera augmentation and
+    test-time BatchNorm adaptation, with the referral rule's accepted error per camera.
+
+    \b
+    Example:
+      clearmamba experiment camera-shift --out runs/camera-shift --seeds 2
+    """
+    import torch
+
+    from clearmamba.experiments.camera_shift import CameraShiftConfig, run
+
+    torch.set_num_threads(threads)
+    overrides = {"seeds": tuple(range(seeds)), "keep": keep, "workers": workers}
+    if candidates is not None:
+        overrides["candidates"] = _split(candidates, "candidates")
+    try:
+        config = CameraShiftConfig.quick_config(**{k: v for k, v in overrides.items() if k == "candidates"}) \
+            if quick else CameraShiftConfig(**overrides)
+    except ValueError as error:
+        raise typer.BadParameter(str(error), param_hint="--candidates") from error
+    payload = run(config, out, log=typer.echo)
+    typer.echo((out / "table.md").read_text())
+    typer.echo(f"wrote {out}/results.json, table.md in {payload['wall_seconds']:.0f} s")
+
+
 @experiment_app.command("referral")
 def referral(
     checkpoint: Annotated[list[Path], typer.Option(metavar="RUN", help="A run trained on builtin data (repeatable).")],

@@ -141,7 +141,7 @@ def run_demo(out: str | Path = "runs/demo", quick: bool = False, config: DemoCon
     return metrics
 
 
-def _train_twin(name: str, run: RunConfig, out: Path, data, threads: int | None, progress: bool) -> tuple[str, float]:
+def train_one(name: str, run: RunConfig, out: Path, data, threads: int | None, progress: bool) -> tuple[str, float]:
     """One twin's training job (in a worker process when the demo trains them side by side)."""
     if threads is not None:
         torch.set_num_threads(threads)
@@ -174,7 +174,7 @@ def train_twins(jobs: dict[str, RunConfig], out: Path, data, workers: int, log=p
     log(f"training {', '.join(jobs)} side by side ({workers} processes, 1 thread each) ...")
     context = multiprocessing.get_context("spawn")
     with ProcessPoolExecutor(max_workers=workers, mp_context=context) as pool:
-        futures = [pool.submit(_train_twin, name, run, out, data, 1, False) for name, run in jobs.items()]
+        futures = [pool.submit(train_one, name, run, out, data, 1, False) for name, run in jobs.items()]
         return dict(future.result() for future in futures)
 
 

@@ -138,17 +138,22 @@ class FisherEvidentialLoss(nn.Module):
         return loss.mean()
 
 
-EVIDENTIAL_OBJECTIVES = ("edl", "redl", "iedl")
+EVIDENTIAL_OBJECTIVES = ("edl", "redl", "iedl", "public")
 
 
 def create_evidential_loss(name: str = "edl", **options) -> nn.Module:
     """An evidential training loss by name: ``edl`` (:class:`EvidentialLoss`; options ``loss``,
     ``kl_weight``, ``annealing``, ``remove_target``), ``redl`` (:class:`RelaxedEvidentialLoss`) or ``iedl``
-    (:class:`FisherEvidentialLoss`). A ``kl_anneal_epochs`` option <= 0 means a constant KL weight."""
+    (:class:`FisherEvidentialLoss`) or ``public`` (the public CLEAR-Mamba code's
+    :class:`~clearmamba.uncertainty.edl_losses.PublicEvidentialLoss`: digamma NLL + lambda KL on the full alpha,
+    ``adaptive`` lambda). A ``kl_anneal_epochs`` option <= 0 means a constant KL weight."""
+    from clearmamba.uncertainty.edl_losses import PublicEvidentialLoss
+
     anneal = options.pop("kl_anneal_epochs", None)
     if anneal is not None:
         options["annealing"] = EpochLinear(anneal) if anneal > 0 else Constant(1.0)
-    table = {"edl": EvidentialLoss, "redl": RelaxedEvidentialLoss, "iedl": FisherEvidentialLoss}
+    table = {"edl": EvidentialLoss, "redl": RelaxedEvidentialLoss, "iedl": FisherEvidentialLoss,
+             "public": PublicEvidentialLoss}  # fmt: skip
     if name not in table:
         raise ValueError(f"unknown evidential objective {name!r}; expected one of {list(table)}")
     try:

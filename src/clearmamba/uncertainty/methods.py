@@ -160,11 +160,16 @@ class EvidentialMethod(Method):
         fisher_weight: float = 0.005,
         remove_target: bool = False,
         annealing: Callable[[float], float] | None = None,
+        adaptive_kl: bool = False,
     ):
         """``objective``: ``edl`` (``loss`` mll / ce / sse), ``redl`` (R-EDL, ``prior_weight`` lambda) or
-        ``iedl`` (I-EDL, ``fisher_weight``). The KL weight follows ``annealing(epoch)`` when given (e.g. labml's
-        ``PiecewiseLinear``), else rises linearly over ``anneal_epochs`` (<= 0: fixed)."""
+        ``iedl`` (I-EDL, ``fisher_weight``) or ``public`` (the public CLEAR-Mamba code's loss: KL on the full
+        alpha at ``kl_weight``, or ``adaptive_kl``). The KL weight follows ``annealing(epoch)`` when given (e.g.
+        labml's ``PiecewiseLinear``), else rises linearly over ``anneal_epochs`` (<= 0: fixed)."""
         self.evidence, self.objective, self.prior_weight = evidence, objective, prior_weight
+        if objective == "public":
+            self.criterion = create_evidential_loss("public", kl_weight=kl_weight, adaptive=adaptive_kl)
+            return
         options: dict = {"kl_weight": kl_weight, "remove_target": remove_target}
         if annealing is not None:
             options["annealing"] = annealing
