@@ -90,6 +90,7 @@ def edl_variants(
                                               "gated_density_scaled ('none' for none).")] = (
         "scaled,density,density_scaled,gated_density_scaled"),
     kl_weight: Annotated[float, typer.Option(help="Fixed KL weight of edl_fixed / edl_fixed_keep.")] = 0.005,
+    ood: Annotated[str, typer.Option(help="MNIST's OOD sets: fashion, animal, letters.")] = "fashion,animal,letters",
     prior_weight: Annotated[float, typer.Option(help="R-EDL prior weight lambda.")] = 0.1,
     fisher_weight: Annotated[float, typer.Option(help="I-EDL log-det Fisher weight.")] = 0.005,
     evidence: Annotated[str, typer.Option(help="Evidence activation of the variants: softplus, exp or relu.")] = (
@@ -116,6 +117,8 @@ def edl_variants(
     torch.set_num_threads(threads)
     overrides = {k: v for k, v in {"epochs": epochs, "ensemble_size": ensemble_size, "train_size": train_size,
                                    "weight_decay": weight_decay}.items() if v is not None}
+    if data == "mnist":
+        overrides["ood_sets"] = _split(ood, "ood")
     overrides.update(variants=_split(variants, "variants"), seed=seed, kl_weight=kl_weight,
                      prior_weight=prior_weight, fisher_weight=fisher_weight, data=data, evidence=evidence)
     overrides["posthoc"] = () if posthoc.strip() == "none" else _split(posthoc, "posthoc")
