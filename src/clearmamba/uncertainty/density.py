@@ -11,7 +11,12 @@ Lee et al. 2018) is fitted post-hoc on training features ``f [n, d]``:
 and the evidence becomes e' = g(f) e with g(f) = exp(min(0, (log q(f) - r) / w)) in (0, 1]: 1 for typical
 features (log q above the reference r, the ``reference_quantile`` of held-out log-densities), decaying with the
 log-density below it (w = (median - 5 % quantile of the same log-densities) / ``sharpness``), so far-from-data
-inputs get ~0 evidence whatever the logits say. A low reference (5 %) leaves in-distribution inputs alone; the
+inputs lose evidence relative to typical ones. They do not end near 0 evidence in absolute terms: the evidence
+scaling fitted afterwards (``EvidenceScaler``; a scale of 2.8e8 on one MNIST run) multiplies every exam's
+evidence back up, K/S then reads ~4e-9 in distribution and ~2e-7 on Fashion-MNIST, and 22.7 % of rendered letters
+kept confidence > 0.99. Read K/S or ``neg_log_density`` as a percentile or conformal p-value among validation
+exams (``evaluation.referral``), not as an amount of evidence. A low reference (5 %) leaves in-distribution
+inputs alone; the
 median (``reference_quantile=0.5``) also takes evidence from the less typical half of the in-distribution inputs,
 where most mistakes are. One forward pass plus a [d, d] product at inference.
 
