@@ -78,7 +78,7 @@ def test_train_writes_a_checkpoint_with_a_validation_referral_rule(trained):
     rule = record["referral"]
     assert rule["target_risk"] == 0.05 and rule["delta"] == 0.1 and rule["validation_n"] == 12
     assert rule["unfamiliar_score"] == "neg_log_density"  # RaP's density gate answers "is this unfamiliar?"
-    assert rule["mistake_score"] in ("one_minus_max_prob", "entropy", "mutual_info")
+    assert rule["mistake_score"] in ("one_minus_max_prob", "entropy", "mutual_information")
     # 12 validation exams cannot support a 5 % promise: said, with how many would, and the run still succeeds
     assert "warning: " in result.stdout and "validation exams would" in result.stdout
     assert record["preprocessing"]["frame_size"] == [16, 16] and record["classes"] == ["0", "1", "2"]

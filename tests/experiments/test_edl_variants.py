@@ -107,6 +107,12 @@ def test_quick_mnist_run_and_cache_reuse(offline_sources, tmp_path):
     # post-hoc steps never change the predicted class of the evidence scaling (argmax of act(z / T) is kept)
     assert payload["results"]["redl+scaled"]["accuracy"] == payload["results"]["redl"]["accuracy"]
     assert payload["results"]["softmax"]["cost_vs_softmax"] == 1.0
+    for r in payload["results"].values():  # the referral rule's mistake score, with its bootstrap interval
+        rule = r["rule"]
+        assert rule["mistake_score"] in ("one_minus_max_prob", "entropy", "mutual_information")
+        low, high = rule["misclassification_auroc_ci"]
+        assert low <= rule["misclassification_auroc"] <= high
+    assert "rule's mistake score" in (tmp_path / "table.md").read_text()
     assert "| R-EDL + density + scaled | vacuity |" in (tmp_path / "table.md").read_text()
     gate = payload["posthoc"]["redl+gated-density+scaled"]
     # the chosen gate is the steepest within 10 % of the best validation NLL

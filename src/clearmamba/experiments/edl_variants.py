@@ -288,6 +288,33 @@ def _timed_predict(model, inputs, repeats: int = 2) -> tuple[Prediction, float]:
     return prediction, best
 
 
+def rule_scores(model, task: dict, prediction: Prediction, ood: dict, n_boot: int = 200) -> dict:
+    """What the referral rule (evaluation.referral, fitted on the validation hold-out) makes of a method: its
+    chosen mistake score's misclassification AUROC and AURC on the test set, with 95 % bootstrap intervals, and
+    its unfamiliar-input score's OOD AUROC per set (issue 18's MNIST goal compares these with the ensemble)."""
+    import warnings
+
+    from clearmamba.evaluation import aurc, bootstrap_ci, fit_referral_rule, misclassification_metrics, ood_metrics
+    from clearmamba.evaluation.naming import prediction_key
+
+    val_inputs, val_labels = task["val"]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # 5,000 validation digits support the target; CI sizes need not
+        rule = fit_referral_rule(predict(model, val_inputs), val_labels)
+    test_labels = task["test"][1]
+    correct = prediction.predicted == test_labels
+    score = prediction.score(prediction_key(rule.mistake_score))
+    auroc_ci = bootstrap_ci(lambda s, c: misclassification_metrics(s, c)["auroc"], score, correct, n_boot=n_boot)
+    aurc_ci = bootstrap_ci(aurc, score, correct, n_boot=n_boot)
+    out = {"mistake_score": rule.mistake_score, "misclassification_auroc": auroc_ci.estimate,
+           "misclassification_auroc_ci": [auroc_ci.low, auroc_ci.high], "aurc": aurc_ci.estimate,
+           "aurc_ci": [aurc_ci.low, aurc_ci.high], "unfamiliar_score": rule.unfamiliar_score}  # fmt: skip
+    if rule.unfamiliar_score is not None:
+        key = prediction_key(rule.unfamiliar_score)
+        out["ood_auroc"] = {k: ood_metrics(prediction.score(key), p.score(key))["auroc"] for k, p in ood.items()}
+    return out
+
+
 def evaluate(methods: dict, task: dict, progress=None) -> dict:
     test_inputs, test_labels = task["test"]
     results = {}
@@ -305,6 +332,7 @@ def evaluate(methods: dict, task: dict, progress=None) -> dict:
 
             result["ood_neg_log_density"] = ood_metrics_by_set(prediction.score("neg_log_density"), scores_out)
         result["oracle_wrong_confidence_median"] = sharpest_calibrated_wrong_median(prediction, test_labels)
+        result["rule"] = rule_scores(model, task, prediction, ood)
         result["test_seconds"] = seconds
         results[name] = result
         if bar is not None:

@@ -66,7 +66,29 @@ def markdown_table(payload: dict) -> str:
         entropy = r.get("ood_entropy", r["ood"])
         cells = [title(name, kl), *[_fmt(rho.get(s), 4) for s in scores], *[_fmt(entropy[s]["auroc"]) for s in sets]]
         lines.append("| " + " | ".join(cells) + " |")
+    if all("rule" in r for r in results.values()):
+        lines += ["", rule_table(results, kl)]
     return "\n".join(lines) + "\n"
+
+
+def rule_table(results: dict, kl: float) -> str:
+    """The referral rule's two scores per method: the mistake score it chose on validation folds, with 95 %
+    bootstrap intervals of its misclassification AUROC and AURC, and its unfamiliar-input score's OOD AUROC."""
+    sets = list(next(iter(results.values()))["ood"])
+    head = ["method", "rule's mistake score", "misclass. AUROC [95 % CI]", "AURC e-3 [95 % CI]",
+            "unfamiliar score", *[f"OOD AUROC {SET_TITLES.get(s, s)}" for s in sets]]
+    lines = ["The referral rule's scores (evaluation.referral, fitted on the validation hold-out):", "",
+             "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for name, r in results.items():
+        rule = r["rule"]
+        low, high = rule["misclassification_auroc_ci"]
+        a_low, a_high = rule["aurc_ci"]
+        ood = rule.get("ood_auroc", {})
+        cells = [title(name, kl), rule["mistake_score"], f"{_fmt(rule['misclassification_auroc'])} "
+                 f"[{_fmt(low)}-{_fmt(high)}]", f"{_fmt(1000 * rule['aurc'], 2)} [{_fmt(1000 * a_low, 2)}-"
+                 f"{_fmt(1000 * a_high, 2)}]", str(rule["unfamiliar_score"]), *[_fmt(ood.get(s)) for s in sets]]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
 
 
 def write_doc_section(doc: str | os.PathLike, section: str, text: str) -> None:
