@@ -246,7 +246,7 @@ def segment_reports(page_lines: dict[int, list[str]]) -> list[list[int]]:
             segments.append([page])
             current = key if any(key) else None
             continue
-        if any(key) and current is not None and any(a and b and not _same(a, b) for a, b in zip(key, current)):
+        if any(key) and current is not None and _differs(key, current):
             segments.append([page])
             current = key
             continue
@@ -254,6 +254,13 @@ def segment_reports(page_lines: dict[int, list[str]]) -> list[list[int]]:
         if any(key):
             current = tuple(a or b for a, b in zip(key, current or ("", "", "")))
     return segments
+
+
+def _differs(key: tuple[str, str, str], current: tuple[str, str, str]) -> bool:
+    """Another patient (ID, allowing one OCR slip; or name) or another exam date, where both pages give it."""
+    (pid, name, exam), (cid, cname, cexam) = key, current
+    return bool((pid and cid and not _same(pid, cid)) or (name and cname and name != cname)
+                or (exam and cexam and exam != cexam))
 
 
 def _same(a: str, b: str) -> bool:

@@ -71,6 +71,7 @@ class CheckConfig:
     scales: tuple[float, ...] = (1.0,)  # the detector finds text down to ~6 px at native size
     rotations: tuple[int, ...] = (0,)  # it also finds vertical text upright; 90 adds a second look
     min_score: float = 0.5
+    max_side: int = 640  # an upscaled copy stops growing here (detection time grows with the pixel count)
     # check even when nothing was erased inside the field (its pixels are then exactly what the first
     # detection, at the same scale, already found clean)
     always: bool = False
@@ -97,7 +98,10 @@ def residual_text(image: np.ndarray, ocr, check: CheckConfig = DEFAULT_CHECK) ->
     found: list[OcrBox] = []
     for k in sorted({r // 90 % 4 for r in check.rotations} & {0, 1}):
         turned = np.ascontiguousarray(np.rot90(image, k))
-        for scale in check.scales:
+        for asked in check.scales:
+            scale = min(asked, check.max_side / max(turned.shape)) if asked > 1 else asked
+            if asked > 1 and scale < 1.2:
+                continue  # already large: the native pass has seen it at this size
             big = turned if scale == 1.0 else cv2.resize(turned, None, fx=scale, fy=scale,
                                                         interpolation=cv2.INTER_CUBIC)
             for box in ocr.read_all_rotations(big, ocr.detect(big)):

@@ -19,7 +19,7 @@ _MONTHS = {m: i + 1 for i, m in enumerate(
 _MON = r"(jan|feb|mar|apr|may|jun|jul|aug|sep|oct|nov|dec)[a-z]*\.?"
 _Y4 = r"((?:19|20)\d{2})"
 DATE_PATTERNS: list[tuple[str, re.Pattern]] = [
-    ("ymd", re.compile(rf"(?<!\d){_Y4}\s*[-/.年]\s*(\d{{1,2}})\s*[-/.月]\s*(\d{{1,2}})\s*日?(?!\d)")),  # 1985/03/07
+    ("ymd", re.compile(rf"(?<!\d){_Y4}\s*[-/.年]\s*(\d{{1,2}})\s*[-/.月]\s*(\d{{1,2}})(?:\s*日)?(?!\d)")),  # 1985/03/07
     ("dmy_dot", re.compile(rf"(?<![\d.])(\d{{1,2}})\.(\d{{1,2}})\.{_Y4}(?!\d)")),  # 07.03.1985 (European)
     ("xy_slash", re.compile(rf"(?<![\d/])(\d{{1,2}})[/-](\d{{1,2}})[/-]{_Y4}(?!\d)")),  # 03/07/1985, 7-3-1985
     ("d_mon_y", re.compile(rf"(?<![\d])(\d{{1,2}})[\s-]*{_MON}[\s,-]*{_Y4}(?!\d)", re.I)),  # 7 Mar 1985
