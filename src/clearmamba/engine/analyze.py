@@ -70,8 +70,10 @@ def normalize(text: str) -> str:
     return re.sub(r"[ \t]+", " ", text).strip()
 
 
-_OD = re.compile(r"\bod\b|\bright eye\b|\bright\b|右眼")
-_OS = re.compile(r"\bos\b|\bleft eye\b|\bleft\b|左眼")
+# OCR drops the space in "OS ICGA 0:44": a tag glued to a modality or a time still counts
+_GLUED_TAG = r"(?=\b|ffa|fa\b|icga|icg\b|\d)"
+_OD = re.compile(rf"\bod{_GLUED_TAG}|\bright eye\b|\bright\b|右眼")
+_OS = re.compile(rf"\bos{_GLUED_TAG}|\bleft eye\b|\bleft\b|左眼")
 _OU = re.compile(r"\bou\b|\bboth eyes\b|双眼")
 
 

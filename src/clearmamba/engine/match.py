@@ -120,23 +120,38 @@ def label_distance(label: Rect, panel: Rect) -> float:
     return float(np.hypot(dx, dy)) * (1.0 if facing else 2.0) / max(panel[2] - panel[0], panel[3] - panel[1])
 
 
-def assign_labels(labels: list[Label], panels: list[Rect], reach: float = 0.6,
-                  tie: float = 0.05) -> list[list[tuple[float, Label]]]:
+def assign_labels(labels: list[Label], panels: list[Rect], images: list[Rect] | None = None,
+                  reach: float = 0.6, tie: float = 0.05) -> list[list[tuple[float, Label]]]:
     """Each label goes to the one panel it is nearest to (:func:`label_distance`), if within ``reach``; a label
-    about as near to two panels (within ``tie``) goes to neither. Returns, per panel, its labels with their
-    distances, nearest first."""
+    about as near to two panels (within ``tie``, unless under half the other distance) goes to neither. With
+    ``images`` (the rectangle of the picture
+    each panel was cut from), a label first goes to the picture it is printed under, over or beside (a caption
+    under a tall frame can lie nearer to the top of the frame below), then to the nearest panel of that picture.
+    Returns, per panel, its labels with their distances, nearest first."""
+    images = images or panels
     out: list[list[tuple[float, Label]]] = [[] for _ in panels]
     for label in labels:
-        ranked = sorted((label_distance(label.rect, p), i) for i, p in enumerate(panels))
-        if not ranked or ranked[0][0] > reach:
+        ranked = sorted(((label_distance(label.rect, images[i]), label_distance(label.rect, p)), i)
+                        for i, p in enumerate(panels))
+        if not ranked or ranked[0][0][0] > reach:
             continue
-        if len(ranked) > 1 and ranked[1][0] - ranked[0][0] < tie:
-            continue
-        d, i = ranked[0]
+        best_image = images[ranked[0][1]]
+        others = [r for r in ranked if images[r[1]] != best_image]
+        if others and _tied(ranked[0][0][0], others[0][0][0], tie):
+            continue  # as near to two pictures
+        mine = sorted((d_panel, i) for (_, d_panel), i in ranked if images[i] == best_image)
+        if len(mine) > 1 and _tied(mine[0][0], mine[1][0], tie):
+            continue  # as near to two panels of one picture
+        d, i = mine[0]
         out[i].append((d, label))
     for near in out:
         near.sort(key=lambda dl: (dl[0], dl[1].rect[0], -dl[1].rect[1]))
     return out
+
+
+def _tied(nearest: float, second: float, tie: float) -> bool:
+    """Two distances too close to tell which is meant: within ``tie`` and the nearer not under half the other."""
+    return second - nearest < tie and nearest > 0.5 * second
 
 
 def headings(lines: list[tuple[str, Rect]], panels: list[Rect]) -> list[str]:

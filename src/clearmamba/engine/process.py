@@ -114,6 +114,7 @@ def _inside(line: TextLine, rect) -> bool:
 class _Panel:
     page: int
     rect: Rect
+    image_rect: Rect  # the picture it was cut from
     clean: np.ndarray
     disc: tuple[str | None, float]
     leftover: bool
@@ -136,8 +137,8 @@ def _image_panels(img: PageImage, ocr, check: CheckConfig, stats: dict) -> tuple
         stats["panels"] = stats.get("panels", 0) + 1
         if left:
             stats["quarantined"] = stats.get("quarantined", 0) + 1
-        panels.append(_Panel(img.page, _to_points(img, (x0, y0, x1, y1)), clean, disc_side_eye(clean, pfov),
-                             bool(left)))
+        panels.append(_Panel(img.page, _to_points(img, (x0, y0, x1, y1)), img.rect, clean,
+                             disc_side_eye(clean, pfov), bool(left)))
     return panels, labels
 
 
@@ -201,7 +202,7 @@ def _match_page(page: int, panels: list[_Panel], labels: list[Label], lines: lis
                 rep: ReportOutcome, out_dir: Path) -> None:
     heads = set(headings([(ln.text, ln.rect) for ln in lines], [p.rect for p in panels]))
     labels = labels + [lab for ln in lines if ln.text not in heads and (lab := make_label(ln.text, ln.score, ln.rect))]
-    near = assign_labels(labels, [p.rect for p in panels])
+    near = assign_labels(labels, [p.rect for p in panels], [p.image_rect for p in panels])
     printed = {lab.eye for n in near for _, lab in n if lab.eye}
     named = {e for e in (parse_eye(h) for h in heads) if e in ("OD", "OS")}
     # the page's eye (the report's "Eye:" field, a heading such as "OD late phase") is context only when it
