@@ -228,3 +228,15 @@ def test_bad_out_and_input_folders_are_user_errors(corpus, tmp_path):
             call()
         assert isinstance(info.value, UserError)
     assert not (tmp_path / "taken" / "private").exists()  # refused before anything was written
+
+
+def test_state_of_an_older_engine_is_refused_not_mixed(corpus, tmp_path):
+    from clearmamba.engine.errors import OutFolderError
+
+    private = tmp_path / "old" / "private"
+    private.mkdir(parents=True)
+    with sqlite3.connect(private / "state.sqlite") as con:  # schema 1: one report per source, no schema key
+        con.execute("CREATE TABLE meta(key TEXT PRIMARY KEY, value TEXT NOT NULL)")
+        con.execute("CREATE TABLE sources(id TEXT PRIMARY KEY, path TEXT, status TEXT, patient TEXT)")
+    with pytest.raises(OutFolderError, match="older clearmamba.*new --out"):
+        run(corpus["reports"], tmp_path / "old", progress=False)
