@@ -6,7 +6,7 @@ bottom-right / vertically / over the retina, every ID head and date format, eye 
 readable text and planted PHI on every output image for two OCR engines (rapidocr and tesseract, 2x upscaled,
 four rotations), eye/modality/time/diagnosis/exam-date accuracy, silent errors, review share, originals
 byte-identical, kill -9 half-way then resume == uninterrupted, reports per second and CPU seconds per report.
-``--soak N`` instead runs N reports in windows and records throughput and memory per window.
+``--soak N`` instead runs N reports in one run and records throughput, CPU and worker memory per window.
 Writes benchmarks/results/engine[_hard|_soak].json."""
 
 from __future__ import annotations
@@ -163,6 +163,7 @@ def _scan_one(args) -> dict:
     rapid = residual_text(img, get_ocr(), thorough)
     rapid_text = _squash(" ".join(b.text for b in rapid))
     result = {"file": Path(path).name, "rapidocr_text": bool(rapid),
+              "rapidocr_reads": [(b.text, round(b.score, 2)) for b in rapid],
               "rapidocr_phi": [p for p in planted if p in rapid_text]}
     if tesseract_command():
         engine = TesseractEngine()
@@ -209,6 +210,8 @@ def phi_scan(out: Path, truths: list, workers: int) -> dict:
         "planted_strings": len(planted), "images_scanned": len(rows),
         "second_engine": _second_engine_name(),
         "images_with_readable_text_rapidocr": sum(r["rapidocr_text"] for r in rows),
+        # what it read there (no planted PHI): texture on the retina read as characters, or a remnant
+        "readable_text_reads": [(r["file"], r["rapidocr_reads"]) for r in rows if r["rapidocr_text"]][:20],
         "images_with_readable_phi": len(leaking),
         "images_with_readable_phi_in_manifest": sum(r["file"] in in_manifest for r in leaking),
         "leaks": leaking[:20],
@@ -246,30 +249,93 @@ def kill_and_resume(pdfs: Path, out: Path, workers: int, n_sources: int) -> dict
             "resume_seconds": round(time.time() - t0, 1)}
 
 
+def _proc_sample(pid: int) -> tuple[float, float]:
+    """(RSS in MB, CPU seconds) of a live process from /proc; (0, 0) when it is gone."""
+    try:
+        rss = next(int(line.split()[1]) for line in Path(f"/proc/{pid}/status").read_text().splitlines()
+                   if line.startswith("VmRSS:")) / 1024
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return rss, (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    except (OSError, StopIteration, ValueError, IndexError):
+        return 0.0, 0.0
+
+
+def _workers(parent: int) -> list[int]:
+    kids = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            if int(stat.read_text().rsplit(")", 1)[1].split()[1]) == parent:
+                kids.append(int(stat.parent.name))
+        except (OSError, ValueError, IndexError):
+            continue
+    return kids
+
+
 def soak(args, style) -> dict:
-    """N reports in windows of ``--window``: throughput and peak memory (parent + workers) per window."""
+    """One run over ``--soak`` reports (one pool, workers living through all of them), sampled every second:
+    reports committed, RSS of the run and of each worker, CPU seconds; summarised per ``--window`` reports."""
+    import threading
+
     from clearmamba.engine.pipeline import run
     from clearmamba.testing.reports import generate_corpus
 
-    windows = []
     with tempfile.TemporaryDirectory(prefix="engine-soak-") as tmp:
         tmp = Path(tmp)
-        for start in range(0, args.soak, args.window):
-            pdfs = tmp / "pdfs" / f"w{start:05d}"
-            generate_corpus(pdfs, min(args.window, args.soak - start), seed=args.seed + start, style=style)
-            cpu0, t0 = _cpu_seconds(), time.time()
-            run(tmp / "pdfs", tmp / "out", workers=args.workers, progress=False)
-            wall = time.time() - t0
-            n = min(args.window, args.soak - start)
-            windows.append({"reports_done": start + n, "reports_per_second": round(n / wall, 3),
-                            "cpu_seconds_per_report": round((_cpu_seconds() - cpu0) / n, 3),
-                            "parent_max_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
-                            "worker_max_rss_mb": round(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024,
-                                                       1),
-                            "state_db_mb": round((tmp / "out/private/state.sqlite").stat().st_size / 2**20, 2),
-                            "load_avg_1m": round(os.getloadavg()[0], 2)})
-            print(json.dumps(windows[-1]), flush=True)
-    return {"windows": windows}
+        t0 = time.time()
+        generate_corpus(tmp / "pdfs", args.soak, seed=args.seed, style=style)
+        gen_s = time.time() - t0
+        samples, stop = [], threading.Event()
+        db = tmp / "out" / "private" / "state.sqlite"
+
+        def sample() -> None:
+            start = time.time()
+            while not stop.wait(1.0):
+                done = 0
+                if db.exists():
+                    try:
+                        with sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=1) as con:
+                            done = con.execute("SELECT COUNT(*) FROM sources WHERE status!='pending'").fetchone()[0]
+                    except sqlite3.OperationalError:
+                        continue
+                own = _proc_sample(os.getpid())
+                kids = [_proc_sample(k) for k in _workers(os.getpid())]
+                samples.append({"t": time.time() - start, "done": done, "parent_rss_mb": own[0],
+                                "worker_rss_mb": [round(k[0], 1) for k in kids],
+                                "cpu_s": own[1] + sum(k[1] for k in kids), "load": os.getloadavg()[0]})
+
+        thread = threading.Thread(target=sample, daemon=True)
+        thread.start()
+        t0 = time.time()
+        run(tmp / "pdfs", tmp / "out", workers=args.workers, progress=False)
+        wall = time.time() - t0
+        stop.set()
+        thread.join()
+        kids = resource.getrusage(resource.RUSAGE_CHILDREN)  # the pool's workers, reaped at the end of the run
+        samples.append({"t": wall, "done": args.soak, "parent_rss_mb": _proc_sample(os.getpid())[0],
+                        "worker_rss_mb": samples[-1]["worker_rss_mb"] if samples else [],
+                        "cpu_s": _proc_sample(os.getpid())[1] + kids.ru_utime + kids.ru_stime,
+                        "load": os.getloadavg()[0]})
+        db_mb = db.stat().st_size / 2**20
+    windows, last = [], {"t": 0.0, "done": 0, "cpu_s": 0.0}
+    for edge in range(args.window, args.soak + 1, args.window):
+        at = next((x for x in samples if x["done"] >= edge), None)
+        if at is None:
+            break
+        inside = [x for x in samples if last["done"] <= x["done"] <= at["done"] and x["worker_rss_mb"]]
+        n = at["done"] - last["done"]
+        windows.append({
+            "reports_done": at["done"],
+            "reports_per_second": round(n / max(at["t"] - last["t"], 1e-9), 3),
+            "cpu_seconds_per_report": round((at["cpu_s"] - last["cpu_s"]) / max(n, 1), 3),
+            "worker_rss_mb_max": round(max((max(x["worker_rss_mb"]) for x in inside), default=0.0), 1),
+            "worker_rss_mb_at_end": at["worker_rss_mb"],
+            "parent_rss_mb": round(at["parent_rss_mb"], 1),
+            "load_avg_1m": round(at["load"], 2),
+        })
+        print(json.dumps(windows[-1]), flush=True)
+        last = at
+    return {"reports": args.soak, "generate_seconds": round(gen_s, 1), "run_seconds": round(wall, 1),
+            "reports_per_second": round(args.soak / wall, 3), "state_db_mb": round(db_mb, 2), "windows": windows}
 
 
 def main(argv: list[str] | None = None) -> dict:
