@@ -26,23 +26,27 @@ def test_run_on_bad_pdfs_records_and_skips_them(corpus, tmp_path):
     assert counts["sources"] == {"failed": 5}
 
 
-def test_clear_errors_for_missing_folders_and_bad_vocabulary(tmp_path):
-    r = CliRunner().invoke(app, ["engine", "status", "--out", str(tmp_path / "nowhere")])
-    assert r.exit_code == 2 and "no engine state" in r.output
-    r = CliRunner().invoke(app, ["engine", "run", str(tmp_path / "nope"), "--out", str(tmp_path / "o")])
-    assert r.exit_code == 2 and "expected a folder of PDF reports" in r.output
+def test_expected_failures_are_user_errors_naming_the_flag_or_file(tmp_path):
+    """The engine raises UserError subclasses; ``clearmamba``'s main prints them as one ``error:`` line."""
+    from clearmamba.engine.errors import InputFolderError, NoStateError, OutFolderError, VocabularyError
+    from clearmamba.errors import UserError
+
+    def failure(*args: str) -> BaseException:
+        result = CliRunner().invoke(app, ["engine", *args])
+        assert result.exit_code != 0 and isinstance(result.exception, UserError), result.output
+        return result.exception
+
+    err = failure("status", "--out", str(tmp_path / "nowhere"))
+    assert isinstance(err, NoStateError) and "--out" in str(err) and "nowhere" in str(err)
+    err = failure("run", str(tmp_path / "nope"), "--out", str(tmp_path / "o"))
+    assert isinstance(err, InputFolderError) and "expected a folder of PDF reports" in str(err)
     (tmp_path / "v.json").write_text('["not", "a", "mapping"]')
     (tmp_path / "pdfs").mkdir()
-    r = CliRunner().invoke(
-        app,
-        [
-            "engine",
-            "run",
-            str(tmp_path / "pdfs"),
-            "--out",
-            str(tmp_path / "o"),
-            "--vocab",
-            str(tmp_path / "v.json"),
-        ],
-    )
-    assert r.exit_code == 2 and "v.json" in r.output and "expected a mapping" in r.output
+    err = failure("run", str(tmp_path / "pdfs"), "--out", str(tmp_path / "o"), "--vocab", str(tmp_path / "v.json"))
+    assert isinstance(err, VocabularyError) and "--vocab" in str(err) and "v.json" in str(err)
+    assert "expected a mapping" in str(err)
+    (tmp_path / "out.txt").write_text("x")
+    err = failure("run", str(tmp_path / "pdfs"), "--out", str(tmp_path / "out.txt"))
+    assert isinstance(err, OutFolderError) and "--out" in str(err) and "is a file" in str(err)
+    err = failure("review", "--out", str(tmp_path / "nowhere"))
+    assert isinstance(err, NoStateError)

@@ -13,9 +13,9 @@ pytest.importorskip("httpx")
 from fastapi.testclient import TestClient  # noqa: E402
 
 from clearmamba.engine.pipeline import prepare_out  # noqa: E402
-from clearmamba.engine.process import FrameOut, ReportOutcome, write_png_atomic  # noqa: E402
+from clearmamba.engine.process import FrameOut, ReportOutcome, SourceOutcome, write_png_atomic  # noqa: E402
 from clearmamba.engine.review import create_app  # noqa: E402
-from clearmamba.engine.synthetic import angiogram  # noqa: E402
+from clearmamba.testing.images import angiogram  # noqa: E402
 
 TOKEN = "t0k3n-for-tests"
 EVIL = "<script>alert('x')</script>"
@@ -42,15 +42,11 @@ def make_review_state(out, vocabulary=None) -> None:
         )
     sid = "s" * 16
     state.db.execute("INSERT INTO sources(id, path) VALUES (?, ?)", (sid, str(out / "x.pdf")))
-    outcome = ReportOutcome(
-        str(out / "x.pdf"),
-        sha256="0",
-        patient_key="k",
-        label=None,
-        diagnosis=f"{EVIL} & co",
-        reasons=["unknown_diagnosis"],
+    report = ReportOutcome(
+        index=0, pages=[1], patient_key="k", label=None, diagnosis=f"{EVIL} & co", reasons=["unknown_diagnosis"],
         frames=frames,
     )
+    outcome = SourceOutcome(str(out / "x.pdf"), sha256="0", reports=[report])
     assert state.commit_report(sid, outcome)
     state.close()
 
@@ -196,3 +192,16 @@ def test_reject_drops_images_from_the_manifest(client):
     assert c.post("/item/3", data={"action": "reject"}, headers=h, follow_redirects=False).status_code == 303
     with open(out / "manifest.csv", newline="") as fh:
         assert list(csv.DictReader(fh)) == []
+    # the rejected images left images/ (renamed into quarantine/, which only the review page shows)
+    left = [p for p in (out / "images").glob("*.png") if not p.is_symlink()]  # the fixture's symlink trap stays
+    assert left == [] and len(list((out / "quarantine").glob("*.png"))) == 3
+
+
+def test_accepting_a_report_item_does_not_release_a_quarantined_frame(client):
+    c, out = client
+    r = c.post("/item/3", data={"action": "correct", "label": "uveitis", "token": TOKEN}, follow_redirects=False)
+    assert r.status_code == 303
+    # only the frame's own PHI item, decided by a person looking at it, may move it out of quarantine/
+    assert len(list((out / "quarantine").glob("*.png"))) == 1
+    with open(out / "manifest.csv", newline="") as fh:
+        assert all(row["path"].startswith("images/") for row in csv.DictReader(fh))

@@ -1,5 +1,7 @@
 """``clearmamba engine``: PDF angiography reports -> de-identified, labelled dataset, and its review page.
-Heavy modules (pdfium, OCR, FastAPI) are imported inside the commands."""
+Heavy modules (pdfium, OCR, FastAPI) are imported inside the commands. Expected failures (a missing folder, a
+bad ``--out`` or ``--vocab``) raise :class:`clearmamba.errors.UserError` subclasses that name the flag or file;
+``clearmamba``'s main prints them as one ``error:`` line."""
 
 from __future__ import annotations
 
@@ -17,31 +19,29 @@ app = typer.Typer(
 @app.command()
 def run(
     pdf_dir: Annotated[Path, typer.Argument(help="folder of PDF reports (searched recursively); read-only")],
-    out: Annotated[Path, typer.Option("--out", help="output folder: manifest.csv, images/, private/")],
+    out: Annotated[Path, typer.Option("--out", help="output folder (new, empty, or an earlier run's to resume): "
+                                                    "manifest.csv, images/, private/")],
     workers: Annotated[int, typer.Option("--workers", min=1, help="processes working on reports")] = 1,
     vocab: Annotated[Path | None, typer.Option("--vocab", help="label vocabulary, YAML/JSON")] = None,
 ) -> None:
-    """Process every PDF not yet done; re-running resumes and skips finished reports."""
+    """Process every PDF not yet done; re-running resumes and skips finished reports.
+
+    Example: clearmamba engine run reports/ --out dataset/ --workers 2
+    """
     from clearmamba.engine.pipeline import run as run_engine
 
-    try:
-        counts = run_engine(pdf_dir, out, workers=workers, vocabulary=vocab)
-    except (ValueError, FileNotFoundError, NotADirectoryError) as err:
-        typer.echo(f"error: {err}", err=True)
-        raise typer.Exit(2) from err
-    _print_counts(counts, out)
+    _print_counts(run_engine(pdf_dir, out, workers=workers, vocabulary=vocab), out)
 
 
 @app.command()
 def status(out: Annotated[Path, typer.Option("--out", help="output folder of a run")]) -> None:
-    """Counts of reports, images and open review items."""
+    """Counts of reports, images and open review items.
+
+    Example: clearmamba engine status --out dataset/
+    """
     from clearmamba.engine.pipeline import status as engine_status
 
-    try:
-        _print_counts(engine_status(out), out)
-    except FileNotFoundError as err:
-        typer.echo(f"error: {err}", err=True)
-        raise typer.Exit(2) from err
+    _print_counts(engine_status(out), out)
 
 
 @app.command()
@@ -50,14 +50,13 @@ def review(
     host: Annotated[str, typer.Option(help="bind address; keep the default")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="port")] = 8765,
 ) -> None:
-    """Serve the review queue on a local web page; the URL with its access token is printed."""
+    """Serve the review queue on a local web page; the URL with its access token is printed.
+
+    Example: clearmamba engine review --out dataset/
+    """
     from clearmamba.engine.review import serve
 
-    try:
-        serve(out, host=host, port=port)
-    except FileNotFoundError as err:
-        typer.echo(f"error: {err}", err=True)
-        raise typer.Exit(2) from err
+    serve(out, host=host, port=port)
 
 
 def _print_counts(counts: dict, out: Path) -> None:

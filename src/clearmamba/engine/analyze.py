@@ -11,6 +11,9 @@ from dataclasses import dataclass, field
 from datetime import date
 from pathlib import Path
 
+from clearmamba.engine.errors import VocabularyError
+from clearmamba.engine.phi import HeaderFields, has_date, header_fields
+
 DEFAULT_VOCABULARY: dict[str, list[str]] = {
     "normal": [
         "normal",
@@ -67,8 +70,10 @@ def normalize(text: str) -> str:
     return re.sub(r"[ \t]+", " ", text).strip()
 
 
-_OD = re.compile(r"\bod\b|\bright eye\b|\bright\b|右眼")
-_OS = re.compile(r"\bos\b|\bleft eye\b|\bleft\b|左眼")
+# OCR drops the space in "OS ICGA 0:44": a tag glued to a modality or a time still counts
+_GLUED_TAG = r"(?=\b|ffa|fa\b|icga|icg\b|\d)"
+_OD = re.compile(rf"\bod{_GLUED_TAG}|\bright eye\b|\bright\b|右眼")
+_OS = re.compile(rf"\bos{_GLUED_TAG}|\bleft eye\b|\bleft\b|左眼")
 _OU = re.compile(r"\bou\b|\bboth eyes\b|双眼")
 
 
@@ -96,7 +101,6 @@ def parse_modality(text: str) -> str | None:
     return "FFA" if ffa else "ICGA" if icga else None
 
 
-_DATE = re.compile(r"(?<!\d)((?:19|20)\d{2})\s*[-/.年]\s*(\d{1,2})\s*[-/.月]\s*(\d{1,2})\s*日?(?!\d)")
 _TIME_PATTERNS = [
     re.compile(r"(?<![\d:])(\d{1,2})\s*'\s*(\d{1,2}(?:\.\d+)?)\s*(?:\"|''|”|″)?"),  # 5'10"
     re.compile(r"(?<![\d:.])(\d{1,2}):(\d{2}(?:\.\d+)?)(?![\d:])"),  # 0:32, 00:32.5
@@ -105,21 +109,11 @@ _TIME_PATTERNS = [
 _SECONDS = re.compile(r"(?<![\d.:])(\d{1,4}(?:\.\d+)?)\s*(?:s|sec|秒)\b")
 
 
-def parse_date(text: str) -> date | None:
-    m = _DATE.search(normalize(text))
-    if not m:
-        return None
-    try:
-        return date(int(m.group(1)), int(m.group(2)), int(m.group(3)))
-    except ValueError:
-        return None
-
-
 def parse_frame_time(text: str) -> float | None:
     """Seconds after injection from a frame label ('0:32', '00:32.5', "5'10\"", '5分10秒', '32s'); None for
     lines that carry a calendar date (their clock time is when the exam happened, not a frame time)."""
     t = normalize(text)
-    if _DATE.search(t):
+    if has_date(t):
         return None
     for pattern in _TIME_PATTERNS:
         m = pattern.search(t)
@@ -182,30 +176,24 @@ def load_vocabulary(path: str | Path | None) -> Vocabulary:
         else:
             data = json.loads(raw)
     except (OSError, ValueError) as err:
-        raise ValueError(f"{path}: cannot read vocabulary: {err}") from err
+        kind = "YAML" if path.suffix.lower() in (".yaml", ".yml") else "JSON"
+        raise VocabularyError(f"--vocab {path}: cannot read it as {kind} ({type(err).__name__}: {err}); "
+                              "expected a mapping 'label: [synonym, ...]'") from None
     if not isinstance(data, dict) or not data:
-        raise ValueError(f"{path}: expected a mapping 'label: [synonym, ...]', got {type(data).__name__}")
+        raise VocabularyError(f"--vocab {path}: expected a mapping 'label: [synonym, ...]', got {type(data).__name__}")
     for label, syns in data.items():
         if (
             not isinstance(label, str)
             or not isinstance(syns, list)
             or not all(isinstance(s, str) for s in syns)
         ):
-            raise ValueError(f"{path}: label {label!r}: expected a list of synonym strings, got {syns!r}")
+            raise VocabularyError(f"--vocab {path}: label {label!r}: expected a list of synonym strings, got {syns!r}")
     return Vocabulary({str(k): list(v) for k, v in data.items()})
 
 
 _DIAG_HEAD = re.compile(
     r"^\s*(?:diagnosis|diagnoses|impression|conclusion|诊断|印象|结论|临床诊断)\s*[:：]\s*(.*)$", re.I
 )
-_FIELD_HEADS = {
-    "name": r"(?:patient name|name|姓名|患者)",
-    "id": r"(?:patient id|id|mrn|病历号|住院号|门诊号|登记号|检查号|id号)",
-    "phone": r"(?:phone|tel|telephone|电话|手机)",
-    "dob": r"(?:dob|date of birth|birth date|出生日期)",
-}
-
-
 def find_diagnosis(lines: list[str]) -> str | None:
     """The text after the first 'Diagnosis:' / '诊断:' style heading."""
     for line in lines:
@@ -215,46 +203,78 @@ def find_diagnosis(lines: list[str]) -> str | None:
     return None
 
 
-def header_fields(lines: list[str]) -> dict[str, str]:
-    """Identifying header values ('Name: X', '病历号: 123', ...) used as known PHI strings for erasure."""
-    found: dict[str, str] = {}
-    text = "\n".join(unicodedata.normalize("NFKC", line) for line in lines)
-    heads = "|".join(_FIELD_HEADS.values())
-    for key, head in _FIELD_HEADS.items():
-        # value runs up to the next known heading or two spaces or end of line
-        m = re.search(
-            rf"(?<![a-z]){head}\s*[:]\s*(.+?)(?=\s{{2,}}|\s+(?:{heads})\s*[:]|$)", text, re.I | re.M
-        )
-        if m and m.group(1).strip():
-            found[key] = m.group(1).strip()
-    return found
-
-
 @dataclass
 class ReportFields:
     eye: str | None
     modality: str | None
-    exam_date: date | None
+    exam_date: date | None  # only from a labelled exam/visit date, never a birth date
     diagnosis: str | None
     label: str | None
     label_reason: str | None  # review reason when label is None
-    phi: dict[str, str]
+    header: HeaderFields
+
+    @property
+    def phi(self) -> list[str]:
+        return self.header.known_phi
 
 
 def analyze_text(lines: list[str], vocabulary: Vocabulary) -> ReportFields:
-    text = "\n".join(lines)
     diagnosis = find_diagnosis(lines)
     label, reason = vocabulary.match(diagnosis)
-    date_line = next(
-        (ln for ln in lines if re.search(r"exam|检查日期|检查时间|date", ln, re.I) and parse_date(ln)), None
-    )
-    eye_line = next((ln for ln in lines if re.search(r"^\s*(eye|眼别)\s*[:：]", ln, re.I)), None)
+    header = header_fields(lines)
+    eye_line = next((ln for ln in lines if _EYE_HEAD.search(unicodedata.normalize("NFKC", ln))), None)
     return ReportFields(
-        eye=parse_eye(eye_line) if eye_line else None,
-        modality=parse_modality(text),
-        exam_date=parse_date(date_line) if date_line else parse_date(text),
+        eye=parse_eye(_EYE_HEAD.search(unicodedata.normalize("NFKC", eye_line)).group(1)) if eye_line else None,
+        modality=parse_modality("\n".join(lines)),
+        exam_date=header.exam_date,
         diagnosis=diagnosis,
         label=label,
         label_reason=reason,
-        phi=header_fields(lines),
+        header=header,
     )
+
+
+_EYE_HEAD = re.compile(r"(?:^|\s)(?:eye|眼别)\s*[:：]\s*(\S+(?:\s+eye)?)", re.I)
+
+
+def segment_reports(page_lines: dict[int, list[str]]) -> list[list[int]]:
+    """Pages grouped into reports: a page whose header names another patient (ID or name) or another exam date
+    than the report so far starts a new report; pages without a header continue the current one."""
+    segments: list[list[int]] = []
+    current: tuple[str, str, str] | None = None
+    for page in sorted(page_lines):
+        key = header_fields(page_lines[page]).key()
+        if not segments:
+            segments.append([page])
+            current = key if any(key) else None
+            continue
+        if any(key) and current is not None and _differs(key, current):
+            segments.append([page])
+            current = key
+            continue
+        segments[-1].append(page)
+        if any(key):
+            current = tuple(a or b for a, b in zip(key, current or ("", "", "")))
+    return segments
+
+
+def _differs(key: tuple[str, str, str], current: tuple[str, str, str]) -> bool:
+    """Another patient (ID, allowing one OCR slip; or name) or another exam date, where both pages give it."""
+    (pid, name, exam), (cid, cname, cexam) = key, current
+    return bool((pid and cid and not _same(pid, cid)) or (name and cname and name != cname)
+                or (exam and cexam and exam != cexam))
+
+
+def _same(a: str, b: str) -> bool:
+    """Equal, or one OCR slip apart (a dropped or misread digit must not split a report)."""
+    if a == b:
+        return True
+    if min(len(a), len(b)) < 6 or abs(len(a) - len(b)) > 1:
+        return False
+    prev = list(range(len(b) + 1))  # Levenshtein distance, row by row
+    for i, ca in enumerate(a, 1):
+        row = [i]
+        for j, cb in enumerate(b, 1):
+            row.append(min(prev[j] + 1, row[j - 1] + 1, prev[j - 1] + (ca != cb)))
+        prev = row
+    return prev[-1] <= 1

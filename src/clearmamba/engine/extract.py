@@ -22,7 +22,8 @@ class Limits:
     max_pages: int = 200
     max_image_pixels: int = 64_000_000  # declared width x height of one embedded image
     max_page_points: float = 5_000.0  # a page side, points (A0 is 3370; PDF allows 14400)
-    scan_render_side: int = 1800  # longest side of a rendered scanned page, pixels
+    scan_render_side: int = 1800  # longest side of a rendered scanned page, pixels (at most the scan's own)
+    scan_detect_side: int = 720  # longest side the text detector sees of a whole page
 
 
 DEFAULT_LIMITS = Limits()
@@ -114,43 +115,105 @@ def _text_lines(page, page_no: int) -> list[TextLine]:
     return lines
 
 
-def photo_regions(grey: np.ndarray, min_side: int = 48) -> list[tuple[int, int, int, int]]:
-    """Dark photographs on a light paper scan: connected dark regions large enough to be images
-    (x0 y0 x1 y1, pixels)."""
+def _long_side_angle(rect) -> float:
+    """Angle (degrees, in (-45, 45]) of a cv2.minAreaRect's long side against the x axis."""
+    (_, _), (w, h), angle = rect
+    theta = angle if w >= h else angle - 90.0
+    while theta > 45:
+        theta -= 90.0
+    while theta <= -45:
+        theta += 90.0
+    return theta
+
+
+def skew_angle(grey: np.ndarray) -> float:
+    """How far a scanned page is turned (degrees, cv2 sense: rotating by it makes the page upright), from the
+    edges of its photographs and its text lines, weighted by their length; 0 when nothing is straight enough."""
+    import cv2
+
+    dark = (cv2.GaussianBlur(grey, (5, 5), 0) < 110).astype(np.uint8)
+    h, w = grey.shape
+    angles, weights = [], []
+    photos = cv2.morphologyEx(dark, cv2.MORPH_CLOSE, np.ones((9, 9), np.uint8))
+    lines = cv2.dilate(dark, np.ones((3, max(15, w // 60)), np.uint8))
+    for mask, is_photo in ((photos, True), (lines, False)):
+        contours, _ = cv2.findContours(mask, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
+        for c in contours:
+            rect = cv2.minAreaRect(c)
+            long_side, short_side = max(rect[1]), min(rect[1])
+            if is_photo and short_side >= 48 and cv2.contourArea(c) > 0.5 * long_side * short_side:
+                angles.append(_long_side_angle(rect))
+                weights.append(4 * long_side)
+            elif not is_photo and long_side > max(80, 6 * short_side) and long_side < 0.95 * w:
+                angles.append(_long_side_angle(rect))
+                weights.append(long_side)
+    if not angles:
+        return 0.0
+    order = np.argsort(angles)
+    cum = np.cumsum(np.array(weights)[order])
+    return float(np.array(angles)[order][np.searchsorted(cum, cum[-1] / 2)])  # weighted median
+
+
+def deskew(grey: np.ndarray, min_deg: float = 0.2) -> tuple[np.ndarray, float]:
+    """The page turned upright about its centre (paper-white corners) and the angle used."""
+    import cv2
+
+    angle = skew_angle(grey)
+    if abs(angle) < min_deg:
+        return grey, 0.0
+    h, w = grey.shape
+    m = cv2.getRotationMatrix2D((w / 2, h / 2), angle, 1.0)
+    return cv2.warpAffine(grey, m, (w, h), flags=cv2.INTER_LINEAR, borderValue=255), angle
+
+
+def photo_regions(grey: np.ndarray, min_side: int = 48) -> list[tuple[tuple[int, int, int, int], np.ndarray]]:
+    """Dark photographs on a light paper scan: connected dark regions large enough to be images, each as its
+    bounding box (x0 y0 x1 y1, pixels) and the mask of the photo inside that box (the region filled, so the
+    paper around a slightly turned photo is left out)."""
     import cv2
 
     dark = (cv2.GaussianBlur(grey, (5, 5), 0) < 110).astype(np.uint8)
     dark = cv2.morphologyEx(dark, cv2.MORPH_CLOSE, np.ones((9, 9), np.uint8))
-    n, _, stats, _ = cv2.connectedComponentsWithStats(dark)
-    boxes = []
-    for x, y, w, h, area in stats[1:]:
-        if w >= min_side and h >= min_side and area > 0.5 * w * h:
-            boxes.append((int(x), int(y), int(x + w), int(y + h)))
-    return sorted(boxes, key=lambda b: (b[1] // 40, b[0]))
+    contours, _ = cv2.findContours(dark, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
+    found = []
+    for c in contours:
+        x, y, w, h = cv2.boundingRect(c)
+        if w >= min_side and h >= min_side and cv2.contourArea(c) > 0.5 * w * h:
+            mask = np.zeros((h, w), np.uint8)
+            cv2.drawContours(mask, [c - np.array([x, y])], -1, 1, thickness=-1)
+            found.append(((int(x), int(y), int(x + w), int(y + h)), mask.astype(bool)))
+    return sorted(found, key=lambda r: (r[0][1] // 40, r[0][0]))
 
 
-def _scan_page(page, page_no: int, limits: Limits, ocr) -> tuple[list[TextLine], list[PageImage]]:
+def _read_page(ocr, grey: np.ndarray, limits: Limits):
+    """OCR of a whole page; body text (10 pt and up) stays legible to the detector at ``scan_detect_side``."""
+    try:
+        return ocr(grey, detect_side=limits.scan_detect_side)
+    except TypeError:  # an engine without that option (tesseract)
+        return ocr(grey)
+
+
+def _scan_page(page, page_no: int, limits: Limits, ocr, native_px: tuple[int, int]) -> tuple[list[TextLine],
+                                                                                          list[PageImage]]:
+    """A scanned page: rendered at the scan's own resolution (never above ``scan_render_side``), turned upright,
+    its photographs cut out (paper masked black), then the page read by OCR with the photographs painted white
+    (their burned-in text is the image stage's business)."""
     w_pt, h_pt = page.get_size()
-    scale = limits.scan_render_side / max(w_pt, h_pt)
-    grey = _to_grey(page.render(scale=scale, grayscale=True).to_numpy())
-    lines = []
-    for box in ocr(grey):
-        x0, y0, x1, y1 = box.rect  # pixels, y down -> points, y up
-        lines.append(
-            TextLine(
-                page_no, (x0 / scale, h_pt - y1 / scale, x1 / scale, h_pt - y0 / scale), box.text, box.score
-            )
-        )
+    scale = min(limits.scan_render_side / max(w_pt, h_pt), max(native_px[0] / w_pt, native_px[1] / h_pt))
+    grey, _ = deskew(_to_grey(page.render(scale=scale, grayscale=True).to_numpy()))
+
+    def to_points(x0, y0, x1, y1) -> Rect:  # pixels, y down -> points, y up
+        return (x0 / scale, h_pt - y1 / scale, x1 / scale, h_pt - y0 / scale)
+
+    images = []
+    text_only = grey.copy()
+    for (x0, y0, x1, y1), mask in photo_regions(grey):
+        crop = np.where(mask, grey[y0:y1, x0:x1], 0).astype(np.uint8)
+        images.append(PageImage(page_no, to_points(x0, y0, x1, y1), crop, scanned=True))
+        text_only[y0:y1, x0:x1][mask] = 255
+    boxes = [box for box in _read_page(ocr, text_only, limits) if box.text.strip()]
+    lines = [TextLine(page_no, to_points(*box.rect), box.text, box.score) for box in boxes]
     lines.sort(key=lambda t: (-round(t.rect[3] / 6), t.rect[0]))
-    images = [
-        PageImage(
-            page_no,
-            (x0 / scale, h_pt - y1 / scale, x1 / scale, h_pt - y0 / scale),
-            grey[y0:y1, x0:x1].copy(),
-            scanned=True,
-        )
-        for x0, y0, x1, y1 in photo_regions(grey)
-    ]
     return lines, images
 
 
@@ -194,7 +257,8 @@ def extract(path: str | Path, ocr=None, limits: Limits = DEFAULT_LIMITS) -> Extr
                     raise BadPdfError(
                         path, "unreadable", f"page {page_no} is a scan and no OCR engine was given"
                     )
-                scan_lines, scan_images = _scan_page(page, page_no, limits, ocr)
+                meta = objs[0].get_metadata()
+                scan_lines, scan_images = _scan_page(page, page_no, limits, ocr, (meta.width, meta.height))
                 result.lines += scan_lines
                 result.images += scan_images
                 result.scanned_pages.append(page_no)

@@ -11,15 +11,19 @@ Output folder::
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
+import sys
+import threading
 import time
 import traceback
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
 
+from clearmamba.engine.errors import InputFolderError, NoStateError, OutFolderError
 from clearmamba.engine.extract import DEFAULT_LIMITS, Limits
 from clearmamba.engine.state import State, write_private
 
@@ -27,17 +31,34 @@ CRASH_ENV = "CLEARMAMBA_ENGINE_CRASH_BEFORE_COMMIT"  # fault injection for the r
 WORKER_CRASH_ENV = "CLEARMAMBA_ENGINE_CRASH_WORKER_ON"  # fault injection: a worker dies on this file name
 
 
+def check_out(out_dir: Path) -> None:
+    """``--out`` must be a new or empty folder, or the output folder of an earlier run (to resume)."""
+    if out_dir.exists() and not out_dir.is_dir():
+        raise OutFolderError(f"--out {out_dir}: is a file; expected a folder (new, empty, or an earlier run's)")
+    if out_dir.is_dir() and not (out_dir / "private" / "state.sqlite").exists():
+        stray = sorted(p.name for p in out_dir.iterdir() if p.name not in ("images", "quarantine", "private"))
+        if stray:
+            shown = ", ".join(stray[:3]) + (", ..." if len(stray) > 3 else "")
+            raise OutFolderError(f"--out {out_dir}: a folder with other files ({shown}) and no engine state; "
+                                 "expected a new or empty folder, or an earlier run's output to resume")
+
+
 def prepare_out(out_dir: Path) -> tuple[State, bytes]:
-    out_dir.mkdir(parents=True, exist_ok=True)
-    for sub in ("images", "quarantine"):
-        (out_dir / sub).mkdir(exist_ok=True)
-    private = out_dir / "private"
-    private.mkdir(mode=0o700, exist_ok=True)
-    os.chmod(private, 0o700)
-    key_file = private / "secret.key"
-    if not key_file.exists():
-        write_private(key_file, os.urandom(32))
-    return State(private / "state.sqlite"), key_file.read_bytes()
+    check_out(out_dir)
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        for sub in ("images", "quarantine"):
+            (out_dir / sub).mkdir(exist_ok=True)
+        private = out_dir / "private"
+        private.mkdir(mode=0o700, exist_ok=True)
+        os.chmod(private, 0o700)
+        key_file = private / "secret.key"
+        if not key_file.exists():
+            write_private(key_file, os.urandom(32))
+        return State(private / "state.sqlite"), key_file.read_bytes()
+    except PermissionError as err:
+        raise OutFolderError(f"--out {out_dir}: cannot write there ({err.strerror}: {err.filename}); "
+                             "expected a folder you can write to") from None
 
 
 def remove_orphans(state: State, out_dir: Path) -> int:
@@ -53,31 +74,54 @@ def remove_orphans(state: State, out_dir: Path) -> int:
 
 
 def find_pdfs(pdf_dir: Path) -> list[Path]:
+    if not pdf_dir.exists():
+        raise InputFolderError(f"{pdf_dir}: no such folder; expected a folder of PDF reports")
     if not pdf_dir.is_dir():
-        raise NotADirectoryError(f"{pdf_dir}: expected a folder of PDF reports")
+        raise InputFolderError(f"{pdf_dir}: is a file; expected a folder of PDF reports")
     return sorted(p.resolve() for p in pdf_dir.rglob("*") if p.is_file() and p.suffix.lower() == ".pdf")
 
 
 _WORKER: dict = {}
+PR_SET_PDEATHSIG = 1  # linux/prctl.h
 
 
-def _init_worker(vocab_labels: dict, secret: bytes, limits: Limits, out_dir: str) -> None:
+def _die_with_parent(parent: int) -> None:
+    """A worker must not outlive the run (an OOM kill or kill -9 of the parent alone would leave it blocked on a
+    pipe read, holding memory): on Linux the kernel sends SIGKILL when the parent dies (prctl
+    PR_SET_PDEATHSIG); everywhere a watchdog thread exits when the parent pid changes."""
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        with contextlib.suppress(OSError, AttributeError):
+            ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+    if os.getppid() != parent:  # the parent died before the request above took effect
+        os._exit(1)
+
+    def watch() -> None:
+        while True:
+            time.sleep(0.5)
+            if os.getppid() != parent:
+                os._exit(1)
+
+    threading.Thread(target=watch, name="parent-watchdog", daemon=True).start()
+
+
+def _init_worker(vocab_labels: dict, secret: bytes, limits: Limits, out_dir: str, parent: int) -> None:
     from clearmamba.engine.analyze import Vocabulary
 
+    _die_with_parent(parent)
     _WORKER.update(vocab=Vocabulary(vocab_labels), secret=secret, limits=limits, out=out_dir)
 
 
 def _work(path: str):
-    from clearmamba.engine.process import ReportOutcome, process_report
+    from clearmamba.engine.process import SourceOutcome, process_report
 
     if os.environ.get(WORKER_CRASH_ENV) and Path(path).name == os.environ[WORKER_CRASH_ENV]:
         os._exit(139)  # as a segfault in a native library would
     try:
         return process_report(path, _WORKER["out"], _WORKER["vocab"], _WORKER["secret"], _WORKER["limits"])
-    except (
-        Exception
-    ) as err:  # a bug or an unforeseen file must not stop the run; the parent logs it privately
-        outcome = ReportOutcome(path)
+    except Exception as err:  # a bug or an unforeseen file must not stop the run; the parent logs it privately
+        outcome = SourceOutcome(path)
         outcome.error_kind = "crash"
         outcome.error = f"{type(err).__name__}: {err}\n{traceback.format_exc(limit=3)}"
         return outcome
@@ -164,8 +208,9 @@ def run(
             if crash_at and committed + 1 == crash_at:
                 os.kill(os.getpid(), signal.SIGKILL)  # images are on disk, the commit never happens
             if not state.commit_report(sid, outcome):
-                for frame in outcome.frames:  # a duplicate: its images were never committed
-                    (out_dir / frame.file).unlink(missing_ok=True)
+                for report in outcome.reports:  # a duplicate: its images were never committed
+                    for frame in report.frames:
+                        (out_dir / frame.file).unlink(missing_ok=True)
             committed += 1
 
         def worker_crashed(path: str) -> None:
@@ -174,7 +219,7 @@ def run(
             _log_error(out_dir, sid, _Failed(path, "worker_crash", detail))
             state.record_failure(sid, "worker_crash", detail)
 
-        initargs = (vocab.labels, secret, limits, str(out_dir))
+        initargs = (vocab.labels, secret, limits, str(out_dir), os.getpid())
         with _progress(progress, len(todo)) as advance:
             _pool_run([p for _, p in todo], max(1, workers), initargs, commit, worker_crashed, advance)
         remove_orphans(state, out_dir)  # results lost when a pool broke were redone under new names
@@ -213,7 +258,8 @@ class _progress:
 def status(out_dir: str | Path) -> dict:
     path = Path(out_dir) / "private" / "state.sqlite"
     if not path.exists():
-        raise FileNotFoundError(f"{path}: no engine state here; run 'clearmamba engine run' first")
+        raise NoStateError(f"--out {out_dir}: no engine state here ({path} is missing); run "
+                           "'clearmamba engine run PDF_FOLDER --out ...' first")
     state = State(path)
     try:
         return state.counts()
@@ -223,8 +269,8 @@ def status(out_dir: str | Path) -> dict:
 
 def canonical_state(out_dir: str | Path, pdf_root: str | Path) -> dict:
     """Everything a run produced with the random names taken out (ids, pseudonyms), for comparing two runs:
-    outputs keyed by source file, page and position, with their fields and image hashes; which sources share
-    a patient; review items; failures."""
+    outputs keyed by source file, page and position, with their fields and image hashes; the reports of each
+    source; which reports share a patient; review items; failures."""
     out_dir, pdf_root = Path(out_dir), Path(pdf_root).resolve()
     state = State(out_dir / "private" / "state.sqlite")
     try:
@@ -254,8 +300,10 @@ def canonical_state(out_dir: str | Path, pdf_root: str | Path) -> dict:
         for r in db.execute("SELECT id, exam_id FROM outputs"):
             exams.setdefault(r["exam_id"], []).append(keys[r["id"]])
         patients: dict[str, list] = {}
-        for r in db.execute("SELECT id, patient FROM sources WHERE status='done'"):
-            patients.setdefault(r["patient"], []).append(rel[r["id"]])
+        reports = []
+        for r in db.execute("SELECT * FROM reports"):
+            patients.setdefault(r["patient"], []).append((rel[r["source_id"]], r["idx"]))
+            reports.append((rel[r["source_id"]], r["idx"], r["pages"], r["exam_date"], r["label"], r["diagnosis"]))
         items = [
             (
                 rel[r["source_id"]],
@@ -273,6 +321,7 @@ def canonical_state(out_dir: str | Path, pdf_root: str | Path) -> dict:
             "outputs": sorted(outputs),
             "exams": sorted(sorted(v) for v in exams.values()),
             "patients": sorted(sorted(v) for v in patients.values()),
+            "reports": sorted(reports),
             "review_items": sorted(items),
             "sources": sorted(failed),
             "n_files": len(files),

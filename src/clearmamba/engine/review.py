@@ -9,6 +9,7 @@ import json
 import secrets
 from pathlib import Path
 
+from clearmamba.engine.errors import NoStateError
 from clearmamba.engine.state import EYES, MODALITIES, State
 
 COOKIE = "clearmamba_review"
@@ -82,7 +83,8 @@ def create_app(out_dir: str | Path, token: str, allowed_hosts: tuple[str, ...] =
     out_dir = Path(out_dir).resolve()
     db_path = out_dir / "private" / "state.sqlite"
     if not db_path.exists():
-        raise FileNotFoundError(f"{db_path}: no engine state; run 'clearmamba engine run' first")
+        raise NoStateError(f"--out {out_dir}: no engine state here ({db_path} is missing); run "
+                           "'clearmamba engine run PDF_FOLDER --out ...' first")
     app = FastAPI(title="clearmamba review", docs_url=None, redoc_url=None, openapi_url=None)
     app.add_middleware(TrustedHostMiddleware, allowed_hosts=list(allowed_hosts))  # DNS rebinding
 

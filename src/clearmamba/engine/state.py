@@ -14,22 +14,28 @@ import time
 from pathlib import Path
 
 from clearmamba.atomic import atomic_write_bytes
+from clearmamba.engine.errors import OutFolderError
+from clearmamba.engine.match import frame_order_key
 
+SCHEMA_VERSION = "2"  # 2: one PDF may hold several reports (table reports)
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta(key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS sources(
     id TEXT PRIMARY KEY, path TEXT UNIQUE NOT NULL, status TEXT NOT NULL DEFAULT 'pending',
-    sha256 TEXT, error_kind TEXT, error TEXT, exam_date TEXT, patient TEXT, label TEXT, diagnosis TEXT,
-    updated REAL);
+    sha256 TEXT, error_kind TEXT, error TEXT, stats TEXT, updated REAL);
+CREATE TABLE IF NOT EXISTS reports(
+    id TEXT PRIMARY KEY, source_id TEXT NOT NULL, idx INTEGER NOT NULL, pages TEXT, exam_date TEXT,
+    patient TEXT, label TEXT, diagnosis TEXT);
 CREATE TABLE IF NOT EXISTS patients(key TEXT PRIMARY KEY, pseudonym TEXT UNIQUE NOT NULL);
-CREATE TABLE IF NOT EXISTS exams(id TEXT PRIMARY KEY, source_id TEXT NOT NULL, eye TEXT, modality TEXT);
+CREATE TABLE IF NOT EXISTS exams(id TEXT PRIMARY KEY, report_id TEXT NOT NULL, eye TEXT, modality TEXT);
 CREATE TABLE IF NOT EXISTS outputs(
-    id TEXT PRIMARY KEY, source_id TEXT NOT NULL, exam_id TEXT NOT NULL, file TEXT UNIQUE NOT NULL,
-    page INTEGER, rect TEXT, eye TEXT, eye_source TEXT, modality TEXT, frame_time REAL, label TEXT,
-    status TEXT NOT NULL, sha256 TEXT, seq INTEGER);
+    id TEXT PRIMARY KEY, source_id TEXT NOT NULL, report_id TEXT NOT NULL, exam_id TEXT NOT NULL,
+    file TEXT UNIQUE NOT NULL, page INTEGER, rect TEXT, eye TEXT, eye_source TEXT, disc_agrees INTEGER,
+    modality TEXT, frame_time REAL, label TEXT, status TEXT NOT NULL, sha256 TEXT, seq INTEGER);
 CREATE TABLE IF NOT EXISTS review_items(
-    id INTEGER PRIMARY KEY AUTOINCREMENT, source_id TEXT NOT NULL, output_ids TEXT NOT NULL,
-    reason TEXT NOT NULL, fields TEXT NOT NULL, status TEXT NOT NULL DEFAULT 'open', created REAL);
+    id INTEGER PRIMARY KEY AUTOINCREMENT, source_id TEXT NOT NULL, report_id TEXT NOT NULL,
+    output_ids TEXT NOT NULL, reason TEXT NOT NULL, fields TEXT NOT NULL, status TEXT NOT NULL DEFAULT 'open',
+    created REAL);
 CREATE TABLE IF NOT EXISTS decisions(
     id INTEGER PRIMARY KEY AUTOINCREMENT, item_id INTEGER NOT NULL, action TEXT NOT NULL, fields TEXT,
     decided REAL);
@@ -66,7 +72,13 @@ class State:
         self.db.row_factory = sqlite3.Row
         self.db.execute("PRAGMA journal_mode=WAL")
         self.db.execute("PRAGMA synchronous=NORMAL")
+        tables = {r[0] for r in self.db.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+        if "sources" in tables and ("meta" not in tables or self.get_meta("schema") != SCHEMA_VERSION):
+            self.db.close()
+            raise OutFolderError(f"{self.path}: engine state written by an older clearmamba (expected schema "
+                                 f"{SCHEMA_VERSION}); run into a new --out folder")
         self.db.executescript(SCHEMA)
+        self.set_meta("schema", SCHEMA_VERSION)
 
     def close(self) -> None:
         self.db.close()
@@ -109,8 +121,8 @@ class State:
         return pseudonym
 
     def commit_report(self, source_id: str, outcome) -> bool:
-        """All of one report's rows in one transaction; False (no rows) if it was done already or is a
-        byte-identical copy of a finished report."""
+        """All of one PDF's rows (its reports, frames and review items) in one transaction; False (no rows) if it
+        was done already or is a byte-identical copy of a finished PDF."""
         with self.db:
             self.db.execute("BEGIN IMMEDIATE")
             row = self.db.execute("SELECT status FROM sources WHERE id=?", (source_id,)).fetchone()
@@ -126,76 +138,61 @@ class State:
                     (outcome.sha256, f"same bytes as source {same[0]}", time.time(), source_id),
                 )
                 return False
-            patient = self._pseudonym(outcome.patient_key or f"anonymous:{source_id}")
-            ids = []
-            for frame in outcome.frames:
-                oid = _new_id()
-                ids.append(oid)
-                status = "review" if frame.reasons or outcome.reasons else "ok"
-                self.db.execute(
-                    "INSERT INTO outputs(id, source_id, exam_id, file, page, rect, eye, eye_source, modality,"
-                    " frame_time, label, status, sha256) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
-                    (
-                        oid,
-                        source_id,
-                        "",
-                        frame.file,
-                        frame.page,
-                        json.dumps([round(v, 2) for v in frame.rect]),
-                        frame.eye,
-                        frame.eye_source,
-                        frame.modality,
-                        frame.frame_time,
-                        outcome.label,
-                        status,
-                        frame.sha256,
-                    ),
-                )
-                if frame.reasons:
-                    fields = {
-                        "eye": frame.eye,
-                        "modality": frame.modality,
-                        "frame_time": frame.frame_time,
-                        "label": outcome.label,
-                        "eye_source": frame.eye_source,
-                    }
-                    self._add_item(source_id, [oid], ", ".join(frame.reasons), fields)
-            for reason in outcome.reasons:
-                self._add_item(
-                    source_id, ids, reason, {"label": outcome.label, "diagnosis": outcome.diagnosis}
-                )
-            self._regroup(source_id)
+            for report in outcome.reports:
+                self._insert_report(source_id, report)
             self.db.execute(
-                "UPDATE sources SET status='done', sha256=?, exam_date=?, patient=?, label=?, diagnosis=?,"
-                " updated=? WHERE id=?",
-                (
-                    outcome.sha256,
-                    outcome.exam_date,
-                    patient,
-                    outcome.label,
-                    outcome.diagnosis,
-                    time.time(),
-                    source_id,
-                ),
+                "UPDATE sources SET status='done', sha256=?, stats=?, updated=? WHERE id=?",
+                (outcome.sha256, json.dumps(outcome.stats, sort_keys=True), time.time(), source_id),
             )
         return True
 
-    def _add_item(self, source_id: str, output_ids: list[str], reason: str, fields: dict) -> None:
+    def _insert_report(self, source_id: str, report) -> None:
+        rid = _new_id()
+        patient = self._pseudonym(report.patient_key or f"anonymous:{source_id}:{report.index}")
         self.db.execute(
-            "INSERT INTO review_items(source_id, output_ids, reason, fields, created) VALUES (?,?,?,?,?)",
-            (source_id, json.dumps(output_ids), reason, json.dumps(fields, ensure_ascii=False), time.time()),
+            "INSERT INTO reports(id, source_id, idx, pages, exam_date, patient, label, diagnosis)"
+            " VALUES (?,?,?,?,?,?,?,?)",
+            (rid, source_id, report.index, json.dumps(report.pages), report.exam_date, patient, report.label,
+             report.diagnosis),
+        )
+        ids = []
+        for frame in report.frames:
+            oid = _new_id()
+            ids.append(oid)
+            status = "review" if frame.reasons or report.reasons else "ok"
+            self.db.execute(
+                "INSERT INTO outputs(id, source_id, report_id, exam_id, file, page, rect, eye, eye_source,"
+                " disc_agrees, modality, frame_time, label, status, sha256) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                (oid, source_id, rid, "", frame.file, frame.page, json.dumps([round(v, 2) for v in frame.rect]),
+                 frame.eye, frame.eye_source, None if frame.disc_agrees is None else int(frame.disc_agrees),
+                 frame.modality, frame.frame_time, report.label, status, frame.sha256),
+            )
+            if frame.reasons:
+                fields = {"eye": frame.eye, "modality": frame.modality, "frame_time": frame.frame_time,
+                          "label": report.label, "eye_source": frame.eye_source}
+                self._add_item(source_id, rid, [oid], ", ".join(frame.reasons), fields)
+        for reason in report.reasons:
+            self._add_item(source_id, rid, ids, reason, {"label": report.label, "diagnosis": report.diagnosis})
+        self._regroup(rid)
+
+    def _add_item(self, source_id: str, report_id: str, output_ids: list[str], reason: str, fields: dict) -> None:
+        self.db.execute(
+            "INSERT INTO review_items(source_id, report_id, output_ids, reason, fields, created)"
+            " VALUES (?,?,?,?,?,?)",
+            (source_id, report_id, json.dumps(output_ids), reason, json.dumps(fields, ensure_ascii=False),
+             time.time()),
         )
 
-    def _regroup(self, source_id: str) -> None:
-        """Exams = frames of one report with the same eye and modality, numbered in time order."""
+    def _regroup(self, report_id: str) -> None:
+        """Exams = frames of one report with the same eye and modality, numbered in time order (ties by page
+        and position on it, never by a random id)."""
         rows = self.db.execute(
-            "SELECT id, eye, modality, frame_time, page, exam_id FROM outputs WHERE source_id=?"
-            " ORDER BY frame_time IS NULL, frame_time, page, id",
-            (source_id,),
+            "SELECT id, eye, modality, frame_time, page, rect FROM outputs WHERE report_id=?", (report_id,)
         ).fetchall()
+        rows.sort(key=lambda r: frame_order_key(r["frame_time"], r["page"], json.loads(r["rect"])))
         exams = {
             (r["eye"], r["modality"]): r["id"]
-            for r in self.db.execute("SELECT id, eye, modality FROM exams WHERE source_id=?", (source_id,))
+            for r in self.db.execute("SELECT id, eye, modality FROM exams WHERE report_id=?", (report_id,))
         }
         seq: dict[tuple, int] = {}
         for r in rows:
@@ -203,8 +200,7 @@ class State:
             if key not in exams:
                 exams[key] = _new_id()
                 self.db.execute(
-                    "INSERT INTO exams(id, source_id, eye, modality) VALUES (?,?,?,?)",
-                    (exams[key], source_id, *key),
+                    "INSERT INTO exams(id, report_id, eye, modality) VALUES (?,?,?,?)", (exams[key], report_id, *key)
                 )
             seq[key] = seq.get(key, -1) + 1
             self.db.execute("UPDATE outputs SET exam_id=?, seq=? WHERE id=?", (exams[key], seq[key], r["id"]))
@@ -236,6 +232,8 @@ class State:
             if action in ("accept", "correct"):
                 updates = []
                 for out in self.outputs(output_ids):
+                    if out["status"] == "rejected":
+                        continue  # another decision already dropped this image
                     new = {
                         k: fields.get(k, out[k]) if action == "correct" else out[k]
                         for k in ("eye", "modality", "frame_time", "label")
@@ -249,11 +247,18 @@ class State:
                         "UPDATE outputs SET eye=?, modality=?, frame_time=?, label=? WHERE id=?",
                         (new["eye"], new["modality"], new["frame_time"], new["label"], out["id"]),
                     )
-                    if out["file"].startswith("quarantine/"):  # reviewer saw no PHI left: release it
+                    # released only by a decision on its own PHI item: the reviewer looked at it for PHI
+                    if out["file"].startswith("quarantine/") and "phi_after_erasure" in item["reason"]:
                         released = "images/" + out["file"].split("/", 1)[1]
                         os.replace(out_dir / out["file"], out_dir / released)
                         self.db.execute("UPDATE outputs SET file=? WHERE id=?", (released, out["id"]))
-            elif action != "reject":
+            elif action == "reject":
+                for out in self.outputs(output_ids):  # a rejected image leaves images/ (renamed, atomic)
+                    if out["file"].startswith("images/"):
+                        held = "quarantine/" + out["file"].split("/", 1)[1]
+                        os.replace(out_dir / out["file"], out_dir / held)
+                        self.db.execute("UPDATE outputs SET file=? WHERE id=?", (held, out["id"]))
+            else:
                 raise ValueError(f"unknown action {action!r}; expected accept, correct or reject")
             status = {"accept": "accepted", "correct": "corrected", "reject": "rejected"}[action]
             self.db.execute("UPDATE review_items SET status=? WHERE id=?", (status, item_id))
@@ -263,7 +268,7 @@ class State:
             )
             for oid in output_ids:
                 self._refresh_status(oid)
-            self._regroup(item["source_id"])
+            self._regroup(item["report_id"])
 
     def _refresh_status(self, output_id: str) -> None:
         statuses = [
@@ -278,9 +283,9 @@ class State:
     # ---- exports
     def manifest_rows(self) -> list[dict]:
         rows = self.db.execute(
-            "SELECT o.file, o.exam_id, s.patient, o.eye, o.modality, o.frame_time, o.label FROM outputs o"
-            " JOIN sources s ON s.id=o.source_id WHERE o.status='ok' AND o.label IS NOT NULL"
-            " ORDER BY s.patient, o.exam_id, o.seq"
+            "SELECT o.file, o.exam_id, r.patient, o.eye, o.modality, o.frame_time, o.label FROM outputs o"
+            " JOIN reports r ON r.id=o.report_id WHERE o.status='ok' AND o.label IS NOT NULL AND o.file LIKE 'images/%'"
+            " ORDER BY r.patient, o.exam_id, o.seq"
         ).fetchall()
         return [dict(zip(MANIFEST_COLUMNS, r)) for r in rows if r[3] in EYES and r[4] in MODALITIES]
 
@@ -299,8 +304,8 @@ class State:
             ["output_id", "file", "status", "exam_id", "patient_id", "source_path", "page", "rect"]
         )
         for r in self.db.execute(
-            "SELECT o.id, o.file, o.status, o.exam_id, s.patient, s.path, o.page, o.rect FROM outputs o"
-            " JOIN sources s ON s.id=o.source_id ORDER BY s.path, o.page, o.rect"
+            "SELECT o.id, o.file, o.status, o.exam_id, r.patient, s.path, o.page, o.rect FROM outputs o"
+            " JOIN sources s ON s.id=o.source_id JOIN reports r ON r.id=o.report_id ORDER BY s.path, o.page, o.rect"
         ):
             writer.writerow(list(r))
         write_private(out_dir / "private" / "id_map.csv", buf.getvalue().encode())
