@@ -252,3 +252,21 @@ def test_train_evidence_option_reaches_the_head_and_the_posthoc_scaling(tmp_path
     assert record.model.options["evidence"] == "exp" and record.method.options["evidence"] == "exp"
     scaler = next(m for m in model.modules() if type(m).__name__ == "EvidenceScaler")
     assert scaler.evidence == "exp"
+
+
+def test_camera_augmentation_is_the_default_and_evaluate_can_adapt_to_a_new_camera(trained, tmp_path):
+    from clearmamba.training import load_run
+
+    root, run, _ = trained
+    _, record = load_run(run)
+    assert record.augmentation is not None and record.preprocessing.intensity.steps == ()
+    result = clearmamba("evaluate", "--checkpoint", run, "--data", root / "data.npz", "--adapt",
+                        "--out", tmp_path / "e", "--n-boot", "0")  # fmt: skip
+    assert result.code == 0, result.output
+    assert "BatchNorm statistics re-estimated" in result.stdout
+    write_npz(tmp_path / "d.npz")
+    result = clearmamba("train", "--data", tmp_path / "d.npz", "--out", tmp_path / "r", "--epochs", "1",
+                        "--no-camera-augment", "--invariant")  # fmt: skip
+    assert result.code == 0, result.output
+    _, record = load_run(tmp_path / "r")
+    assert record.augmentation is None and record.preprocessing.intensity.steps

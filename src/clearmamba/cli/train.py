@@ -82,6 +82,11 @@ def train(
     evidence: Annotated[Evidence, typer.Option(help="RaP's evidence activation (exp when RaP trains far below a "
                                                "softmax twin, docs/methods.md)")] = "softplus",
     balanced: Annotated[bool, typer.Option("--balanced", help="class-balanced sampling (long-tailed labels)")] = False,
+    camera_augment: Annotated[bool, typer.Option("--camera-augment/--no-camera-augment", help="see each training "
+                                                 "exam through a random camera (tone, noise, optics, aperture, "
+                                                 "JPEG; docs/camera-shift.md)")] = True,
+    invariant: Annotated[bool, typer.Option("--invariant", help="acquisition-invariant preprocessing (field of "
+                                            "view, gain and gamma removed), recorded with the model")] = False,
     frame_size: Annotated[str | None, Opt("SIZE", "resize frames: 32 or HxW (builtin: 32; files: as read)")] = None,
     channels: Annotated[int | None, Opt("1|3", "1 (grey) or 3 (colour); default as read", min=1, max=3)] = None,
     classes: Annotated[str | None, Opt("NAMES", "declared class names, comma-separated (labels must be among them; "
@@ -134,10 +139,19 @@ def train(
         classes=tuple(c.strip() for c in classes.split(",")) if classes else None, target_risk=target_risk,
         delta=0.1 if delta is None else delta, require_guarantee=delta is not None,
     )  # fmt: skip
-    if data == "builtin" and size is not None:
-        from dataclasses import replace
+    from dataclasses import replace
 
-        cfg = replace(cfg, builtin=replace(cfg.builtin, size=size[0]))
+    if data == "builtin":
+        cfg = replace(cfg, builtin=replace(cfg.builtin, size=size[0] if size else cfg.builtin.size,
+                                           train_camera="ideal" if camera_augment else "devices"))  # fmt: skip
+    if camera_augment:
+        from clearmamba.data.camera_family import CameraAugment
+
+        cfg = replace(cfg, camera_augment=CameraAugment())
+    if invariant:
+        from clearmamba.data.invariant import INVARIANT
+
+        cfg = replace(cfg, intensity=INVARIANT)
     from clearmamba.training.run import open_training_data, prepare_out
 
     prepare_out(out, resume, overwrite)
@@ -159,6 +173,8 @@ def evaluate(
     ood: Annotated[list[str] | None, Opt("NAME=PATH", help="an OOD set as name=path (repeatable)")] = None,
     out: Annotated[Path | None, Opt("FOLDER", help="output folder (default <checkpoint>/eval)")] = None,
     n_boot: Annotated[int, Opt("N", min=0, help="bootstrap resamples for the intervals")] = 200,
+    adapt: Annotated[bool, typer.Option("--adapt", help="re-estimate BatchNorm statistics on each scored set's "
+                                        "unlabelled exams first (a new camera; labels are never used)")] = False,
     max_pixels: Annotated[int, Opt("N", min=1, help="refuse images with more pixels")] = 100_000_000,
     encoding: Annotated[str, Opt("NAME", help="text encoding of a manifest .csv")] = "utf-8",
     device: Annotated[str, Opt("DEVICE", help="auto, cpu or cuda[:N]")] = "cpu",
@@ -180,7 +196,7 @@ def evaluate(
         oods[name] = path
     out = out or Path(checkpoint) / "eval"
     metrics, notes = run_evaluation(checkpoint, data, split, oods, out, n_boot, max_pixels, encoding,
-                                    device_option(device))  # fmt: skip
+                                    device_option(device), adapt)  # fmt: skip
     for note in notes:
         typer.echo(note)
     typer.echo(json.dumps({"test": metrics["test"]}, indent=2, default=float))

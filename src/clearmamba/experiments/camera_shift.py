@@ -14,7 +14,6 @@ rule's unfamiliar-input score for telling that camera's exams from the test exam
 from __future__ import annotations
 
 import json
-import math
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, replace
@@ -25,6 +24,7 @@ import torch
 
 from clearmamba.atomic import atomic_write_text
 from clearmamba.data.sources import BuiltinData, Source, examset_sha256, load_builtin, training_splits
+from clearmamba.training.held_out_cameras import EVALUATIONS, score_cameras, summarize
 
 CANDIDATES: dict[str, dict[str, Any]] = {
     # name -> what differs from the demo's CLEAR-Mamba (model options, intensity steps, augmentation, loss)
@@ -37,7 +37,6 @@ CANDIDATES: dict[str, dict[str, Any]] = {
     "augment": {"augment": True},
     "invariant+augment": {"intensity": True, "augment": True},
 }  # fmt: skip
-EVALUATIONS = ("plain", "+bn")
 
 
 @dataclass(frozen=True)
@@ -151,74 +150,14 @@ def train_all(config: CameraShiftConfig, out: Path, jobs: list[tuple[str, int]],
             log(f"{name}: trained in {seconds:.0f} s")
 
 
-def _proportion(count: int, n: int) -> dict[str, Any]:
-    from clearmamba.evaluation.risk_control import binomial_interval
-
-    low, high = binomial_interval(count, n) if n else (math.nan, math.nan)
-    return {"value": count / n if n else math.nan, "low": low, "high": high, "count": count, "n": n}
-
-
-def score_set(model, record, exams, test_scores: torch.Tensor | None = None) -> dict[str, Any]:
-    """Accuracy, ECE, the rule's coverage and accepted error, and (for a camera) shift-detection AUROC."""
-    from clearmamba.evaluation import decide, ece, ood_metrics
-    from clearmamba.evaluation.naming import prediction_key
-    from clearmamba.training import predict
-
-    prediction = predict(model, exams, 64)
-    correct = prediction.predicted == exams.labels
-    decisions = decide(prediction, record.referral)
-    accepted = decisions.accepted
-    out = {"accuracy": _proportion(int(correct.sum()), len(correct)),
-           "ece": float(ece(prediction.probs, exams.labels)),
-           "coverage": _proportion(int(accepted.sum()), len(accepted)),
-           "accepted_error": _proportion(int((~correct & accepted).sum()), int(accepted.sum()))}  # fmt: skip
-    score = prediction_key(record.referral.unfamiliar_score or "vacuity")
-    out["unfamiliar_scores"] = prediction.score(score)
-    if test_scores is not None:
-        out["shift_auroc"] = float(ood_metrics(test_scores, out["unfamiliar_scores"])["auroc"])
-    return out
-
-
 def evaluate_run(folder: Path, config: CameraShiftConfig, seed: int, cameras: dict) -> dict[str, Any]:
-    from clearmamba.adaptation import AdaptationConfig, UnlabelledExams, adapt
     from clearmamba.training import load_run
 
     model, record = load_run(folder)
-    intensity = record.preprocessing.intensity
     test = load_builtin(builtin_spec(config, seed, False))["test"]
-    prepared = {"test": test, **cameras}
-    if intensity.steps:
-        prepared = {name: intensity.apply_examset(s) for name, s in prepared.items()}
-    result: dict[str, Any] = {}
-    for evaluation in EVALUATIONS:
-        per_set = {}
-        base = score_set(model, record, prepared["test"])
-        per_set["test"] = base
-        for name, exams in prepared.items():
-            if name == "test":
-                continue
-            scored = model
-            if evaluation == "+bn":  # statistics of this camera's unlabelled exams (frames, times, masks only)
-                scored = adapt(model, UnlabelledExams.from_examset(exams), AdaptationConfig()).model
-            per_set[name.removeprefix("camera_")] = score_set(scored, record, exams, base["unfamiliar_scores"])
-        for entry in per_set.values():
-            entry.pop("unfamiliar_scores")
-        result[evaluation] = per_set
+    result: dict[str, Any] = score_cameras(model, record, test, cameras)
     result["train_seconds"] = record.outcome.seconds
     return result
-
-
-def summarize(per_set: dict[str, Any], target_risk: float) -> dict[str, Any]:
-    cameras = {k: v for k, v in per_set.items() if k != "test"}
-    accuracy = [v["accuracy"]["value"] for v in cameras.values()]
-    errors = {k: v["accepted_error"]["value"] for k, v in cameras.items()}
-    worst = min(cameras, key=lambda k: cameras[k]["accuracy"]["value"])
-    return {"test_accuracy": per_set["test"]["accuracy"]["value"],
-            "mean_camera_accuracy": sum(accuracy) / len(accuracy), "worst_camera": worst,
-            "worst_camera_accuracy": cameras[worst]["accuracy"]["value"],
-            "cameras_within_2x_target": sum(not (e > 2 * target_risk) for e in errors.values()),
-            "max_accepted_error": max((e for e in errors.values() if not math.isnan(e)), default=math.nan),
-            "n_cameras": len(cameras)}  # fmt: skip
 
 
 def run(config: CameraShiftConfig, out_dir: str | Path, log: Callable[[str], None] = print) -> dict:

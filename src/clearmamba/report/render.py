@@ -136,7 +136,10 @@ def render_report(
     operating: Mapping[str, Mapping[str, OperatingPoint]] | None = None,
     groups: Mapping[str, Sequence] | None = None,
     referrals_per_set: int = 8,
+    extra_sections: Sequence[Mapping[str, Any]] = (),
 ) -> str:
+    """The report page. ``extra_sections``: ``{anchor, heading, intro, tables}`` blocks shown after the referral
+    table (e.g. the demo's held-out cameras), each table ``{title, caption, head, rows}`` of ``view.cell``s."""
     rules = rv.check_rules(predictions, rules)
     main = main_set(metrics)
     decisions = rv.all_decisions(predictions, rules)
@@ -171,6 +174,7 @@ def render_report(
         "glossary": view.GLOSSARY,
         "provenance": (provenance or Provenance()).rows() if provenance else [("provenance", "not given")],
         "metadata": view.metadata_rows(metadata),
+        "extra_sections": list(extra_sections),
     }
     return _environment().get_template("report.html.j2").render(page=page)
 
@@ -228,6 +232,7 @@ def write_report(
     provenance: Provenance | None = None,
     operating: Mapping[str, Mapping[str, OperatingPoint]] | None = None,
     referrals_per_set: int = 8,
+    extra_sections: Sequence[Mapping[str, Any]] = (),
 ) -> Path:
     """Write the trust report for ``predictions[model][eval_set]`` to ``path`` (one HTML file) and return it.
 
@@ -257,6 +262,7 @@ def write_report(
             predictions, metrics, class_names=[str(c) for c in class_names], gallery=gallery,
             gallery_model=gallery_model, n_gallery=n_gallery, title=title, metadata=metadata, rules=rules,
             provenance=provenance, operating=operating, groups=groups, referrals_per_set=referrals_per_set,
+            extra_sections=extra_sections,
         )  # fmt: skip
     out = Path(path)
     atomic_write_text(out, page, mode=0o644)  # a report is meant to be shared

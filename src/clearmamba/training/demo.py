@@ -19,6 +19,7 @@ from typing import Any
 
 import torch
 
+from clearmamba.data.camera_family import CameraAugment
 from clearmamba.data.sources import BuiltinData, Source, examset_sha256, load_builtin, training_splits
 from clearmamba.errors import UserError
 
@@ -49,7 +50,10 @@ class DemoConfig:
     n_ood: int = 90
     # the referral rule's calibration exams: enough for a 5 % promise at delta 0.1 to be meaningful (with a few
     # percent of errors ~1,000 are needed; evaluation.risk_control). Simulated and predicted, never trained on.
-    n_calibration: int = 1000
+    n_calibration: int = 2000
+    # issue 17's default (docs/camera-shift.md): each training exam through a random camera of the training family
+    camera_augment: bool = True
+    n_camera: int = 100  # exams per held-out camera in the report's camera section (0: no section)
     epochs: int = 20
     batch_size: int = 32
     lr: float = 3e-3
@@ -63,8 +67,8 @@ class DemoConfig:
 
 
 QUICK = DemoConfig(
-    size=32, frames=4, n_train=48, n_val=15, n_test=24, n_heldout=12, n_ood=8, n_calibration=0, epochs=2,
-    batch_size=16,
+    size=32, frames=4, n_train=48, n_val=15, n_test=24, n_heldout=12, n_ood=8, n_calibration=0, n_camera=4,
+    epochs=2, batch_size=16,
     n_boot=20, workers=1,
 )  # fmt: skip
 
@@ -92,7 +96,8 @@ def run_demo(out: str | Path = "runs/demo", quick: bool = False, config: DemoCon
         f"{cfg.frames} frames of {cfg.size}x{cfg.size}) ...")  # fmt: skip
     builtin = BuiltinData(n_train=cfg.n_train, n_val=cfg.n_val, n_test=cfg.n_test, n_heldout=cfg.n_heldout,
                           n_ood=cfg.n_ood, n_calibration=cfg.n_calibration, size=cfg.size, frames=cfg.frames,
-                          classes=cfg.classes, seed=cfg.seed)  # fmt: skip
+                          classes=cfg.classes, seed=cfg.seed,
+                          train_camera="ideal" if cfg.camera_augment else "devices")  # fmt: skip
     sets = load_builtin(builtin)
     source = Source("builtin", sets, examset_sha256(*sets.values()), "seconds")
     splits, rule = training_splits(source, cfg.seed)
@@ -107,7 +112,8 @@ def run_demo(out: str | Path = "runs/demo", quick: bool = False, config: DemoCon
                             if options["head"] == "evidential" else {})  # fmt: skip
         jobs[name] = RunConfig(data="builtin", arch="clear_mamba_tiny",
                                model_options={**options, "backbone_kwargs": dict(cfg.backbone_kwargs)},
-                               method=method, train=train_cfg, builtin=builtin)  # fmt: skip
+                               method=method, train=train_cfg, builtin=builtin,
+                               camera_augment=CameraAugment() if cfg.camera_augment else None)  # fmt: skip
     timings = train_twins(jobs, out, (source, splits, rule), cfg.workers, log, progress)
     predictions, rules, records = {}, {}, {}
     for name in jobs:
@@ -117,6 +123,7 @@ def run_demo(out: str | Path = "runs/demo", quick: bool = False, config: DemoCon
             predictions[name] = {s: predict(model, sets[s], train_cfg.eval_batch_size) for s in eval_names}
     pair = ("leakage", "staining")
     leakage_vs_staining = {m: class_pair_accuracy(p["test"], class_names, pair) for m, p in predictions.items()}
+    cameras = held_out_cameras(cfg, out, jobs, sets["test"], log) if cfg.n_camera > 0 else {}
     log("writing the trust report ...")
     metrics = write_evaluation(
         out,
@@ -127,7 +134,9 @@ def run_demo(out: str | Path = "runs/demo", quick: bool = False, config: DemoCon
         gallery=gallery_frames({s: sets[s] for s in eval_names}),
         title="clearmamba demo: can the model say 'I don't know'?",
         n_boot=cfg.n_boot,
-        extra={"leakage_vs_staining_accuracy": leakage_vs_staining, "train_seconds": timings},
+        extra={"leakage_vs_staining_accuracy": leakage_vs_staining, "train_seconds": timings,
+               "held_out_cameras": cameras},
+        extra_sections=[camera_section(cameras)] if cameras else (),
         metadata={"command": "clearmamba demo" + (" --quick" if quick else ""), "data": "built-in simulator"},
         provenance=provenance_of({name: (records[name], out / name) for name in jobs},
                                  "clearmamba demo" + (" --quick" if quick else "")),
@@ -139,6 +148,53 @@ def run_demo(out: str | Path = "runs/demo", quick: bool = False, config: DemoCon
 
     write_json(out / "metrics.json", metrics)
     return metrics
+
+
+def held_out_cameras(cfg: DemoConfig, out: Path, jobs, test, log) -> dict[str, Any]:
+    """Every twin on the held-out cameras (docs/camera-shift.md), as trained and after BatchNorm re-estimation
+    on each camera's unlabelled exams."""
+    from clearmamba.data import SimulatorConfig
+    from clearmamba.data.builtin import make_camera_sets
+
+    from .held_out_cameras import score_cameras, summarize
+
+    cameras = make_camera_sets(n=cfg.n_camera, config=SimulatorConfig(size=cfg.size, frames=cfg.frames,
+                                                                      classes=cfg.classes), seed=cfg.seed)  # fmt: skip
+    log(f"scoring the three twins on {len(cameras)} held-out cameras ({cfg.n_camera} exams each) ...")
+    result = {}
+    for name in jobs:
+        model, record = load_run(out / name)
+        scores = score_cameras(model, record, test, cameras)
+        result[name] = {"summary": {e: summarize(s, record.referral.target_risk) for e, s in scores.items()},
+                        "per_camera": scores}  # fmt: skip
+    return result
+
+
+def camera_section(cameras: dict[str, Any]) -> dict[str, Any]:
+    """The report's held-out-camera section: per model, per camera, accuracy and the rule's accepted error."""
+    from clearmamba.report.view import cell
+
+    def pct(p):
+        return "n/a" if p["n"] == 0 else f"{100 * p['value']:.1f} %"
+
+    tables = []
+    for model, entry in cameras.items():
+        plain, adapted = entry["per_camera"]["plain"], entry["per_camera"]["+bn"]
+        rows = [[cell(name, left=True), cell(pct(plain[name]["accuracy"])), cell(pct(adapted[name]["accuracy"])),
+                 cell(pct(plain[name]["coverage"])), cell(pct(plain[name]["accepted_error"])),
+                 cell(pct(adapted[name]["accepted_error"]))] for name in plain]  # fmt: skip
+        summary = entry["summary"]["plain"]
+        tables.append({"title": f"{model}: mean camera accuracy {100 * summary['mean_camera_accuracy']:.1f} % "
+                                f"(test {100 * summary['test_accuracy']:.1f} %)",
+                       "caption": None,
+                       "head": ["camera", "accuracy", "accuracy +bn", "accepted (rule)", "error among accepted",
+                                "error among accepted +bn"], "rows": rows})  # fmt: skip
+    return {"anchor": "cameras", "heading": "Cameras the model never saw",
+            "intro": ("Each held-out camera differs from every training camera in at least three settings (tone, "
+                      "noise, optics, aperture, compression; docs/camera-shift.md). '+bn': after re-estimating the "
+                      "network's BatchNorm statistics on that camera's unlabelled exams. The referral rule was "
+                      "fitted on in-distribution exams; under a camera shift its promise need not hold."),
+            "tables": tables}
 
 
 def train_one(name: str, run: RunConfig, out: Path, data, threads: int | None, progress: bool) -> tuple[str, float]:

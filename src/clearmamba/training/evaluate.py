@@ -117,6 +117,7 @@ def write_evaluation(
     extra: Mapping[str, Any] | None = None,
     metadata: Mapping[str, Any] | None = None,
     provenance: Any = None,
+    extra_sections: Sequence[Mapping[str, Any]] = (),
 ) -> dict[str, Any]:
     """Write ``metrics.json``, ``predictions.csv`` and ``report.html`` into ``out_dir``; return the metrics."""
     from clearmamba.report import headline_metrics, rule_metrics, write_report
@@ -137,7 +138,7 @@ def write_evaluation(
     write_per_sample_csv(out / "predictions.csv", per_sample_rows(predictions, class_names, rules))
     write_report(out / "report.html", predictions, class_names=class_names, ood_sets=ood_sets, gallery=gallery,
                  metrics=full, title=title, metadata=metadata, rules=rules, provenance=provenance,
-                 operating=operating)  # fmt: skip
+                 operating=operating, extra_sections=extra_sections)  # fmt: skip
     return metrics
 
 

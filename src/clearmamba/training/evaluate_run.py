@@ -38,6 +38,13 @@ def recorded_test(source: Source, record: RunRecord) -> ExamSet:
     return exams.subset([position[i] for i in record.data.test_exam_ids], name="test")
 
 
+def adapted(model, exams: ExamSet):
+    """``model`` with BatchNorm statistics of ``exams`` (their frames, times and masks; never their labels)."""
+    from clearmamba.adaptation import AdaptationConfig, UnlabelledExams, adapt
+
+    return adapt(model, UnlabelledExams.from_examset(exams), AdaptationConfig()).model
+
+
 def evaluation_sets(source: Source, record: RunRecord, split: str) -> tuple[dict[str, ExamSet], list[str]]:
     """The named sets to score and one line saying how many exams each holds and why."""
     same = source.sha256 == record.data.source_sha256
@@ -74,7 +81,8 @@ def evaluation_sets(source: Source, record: RunRecord, split: str) -> tuple[dict
 
 def run_evaluation(checkpoint: str | Path, data: str, split: str = "auto", oods: dict[str, str] | None = None,
                    out: str | Path = "eval", n_boot: int = 200, max_pixels: int = ReadOptions.max_pixels,
-                   encoding: str = "utf-8", device: str = "cpu") -> tuple[dict[str, Any], list[str]]:  # fmt: skip
+                   encoding: str = "utf-8", device: str = "cpu",
+                   adapt: bool = False) -> tuple[dict[str, Any], list[str]]:  # fmt: skip
     """Score ``checkpoint`` on ``data`` (and OOD sets); write metrics.json, predictions.csv, report.html."""
     model, record = load_run(checkpoint, "cpu" if device == "auto" else device)
     read = ReadOptions(channels=record.preprocessing.in_chans, size=record.preprocessing.frame_size,
@@ -91,7 +99,10 @@ def run_evaluation(checkpoint: str | Path, data: str, split: str = "auto", oods:
         sets = {n: intensity.apply_examset(s) for n, s in sets.items()}
     name = record.model.arch
     target = "cpu" if device == "auto" else device
-    predictions = {name: {k: predict(model, v, device=target) for k, v in sets.items()}}
+    if adapt:
+        notes.append("BatchNorm statistics re-estimated on each set's unlabelled exams before scoring it (--adapt)")
+    predictions = {name: {k: predict(adapted(model, v) if adapt else model, v, device=target)
+                          for k, v in sets.items()}}  # fmt: skip
     oods_present = [k for k in sets if k.startswith("ood")]
     metrics = write_evaluation(
         out, predictions, list(record.classes), ood_sets={"test": oods_present} if oods_present else None,
