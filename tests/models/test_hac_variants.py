@@ -13,14 +13,7 @@ from clearmamba.models import create_model
 from clearmamba.models.clear_mamba import ClearMambaConfig
 from clearmamba.models.hac import DynamicProjection, PublicHaC, TokenMLP
 from clearmamba.uncertainty.heads import FusedRaPHead, FusedSoftmaxHead
-
-
-def randomise(module: nn.Module, seed: int = 0) -> nn.Module:
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for p in module.parameters():
-            p.copy_(torch.randn(p.shape, generator=g) * 0.3)
-    return module
+from tests.helpers import randomise
 
 
 def reference_dynamic_projection(m: DynamicProjection, x: torch.Tensor) -> torch.Tensor:

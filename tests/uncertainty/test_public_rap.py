@@ -13,15 +13,7 @@ from torch.distributions import Dirichlet, kl_divergence
 
 from clearmamba.uncertainty.edl_losses import PublicEvidentialLoss
 from clearmamba.uncertainty.heads import BranchFusion, FusedRaPHead, FusedSoftmaxHead
-
-
-def randomise(module: nn.Module, seed: int = 0) -> nn.Module:
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for p in module.parameters():
-            p.copy_(torch.randn(p.shape, generator=g) * 0.3)
-    return module
-
+from tests.helpers import randomise
 
 EVIDENCE = torch.tensor([[3.0, 0.5, 0.1], [0.2, 0.4, 6.0], [1.0, 1.0, 1.0], [0.0, 9.0, 0.3]], dtype=torch.float64)
 TARGET = torch.tensor([0, 1, 2, 1])

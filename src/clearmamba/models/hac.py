@@ -20,6 +20,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+from .layers import init_weights
+
 
 class HaC(nn.Module):
     def __init__(self, dim: int, hidden: int | None = None, channels_last: bool = False) -> None:
@@ -143,7 +145,7 @@ class PublicHaC(nn.Module):
         self.feature_dim = feature_dim or early_dim
         self.dynamic = DynamicProjection(early_dim, self.feature_dim, reduction, gated)
         self.to_film = nn.Sequential(nn.Linear(self.feature_dim, 2 * dim), nn.LayerNorm(2 * dim))
-        self.apply(_public_init)
+        self.apply(init_weights)  # the public code's init, which is MedMamba's
 
     def forward(self, early: Tensor, x: Tensor) -> tuple[Tensor, Tensor]:
         if early.ndim != 4 or x.ndim != 4 or x.shape[1] != self.dim:
@@ -156,16 +158,3 @@ class PublicHaC(nn.Module):
             dynamic = nn.functional.interpolate(dynamic, size=x.shape[-2:], mode="bilinear", align_corners=False)
         scale, shift = self.to_film(dynamic.permute(0, 2, 3, 1)).permute(0, 3, 1, 2).chunk(2, dim=1)
         return x * scale + shift, dynamic
-
-
-def _public_init(m: nn.Module) -> None:
-    # the public code's init: trunc-normal(0.02) linears with zero bias, unit LayerNorms, kaiming fan-out convs
-    if isinstance(m, nn.Linear):
-        nn.init.trunc_normal_(m.weight, std=0.02)
-        if m.bias is not None:
-            nn.init.zeros_(m.bias)
-    elif isinstance(m, nn.LayerNorm):
-        nn.init.ones_(m.weight)
-        nn.init.zeros_(m.bias)
-    elif isinstance(m, nn.Conv2d):
-        nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")

@@ -76,3 +76,17 @@ class PatchMerging2D(nn.Module):
         x2 = x[:, 0::2, 1::2]
         x3 = x[:, 1::2, 1::2]
         return self.reduction(self.norm(torch.cat([x0, x1, x2, x3], dim=-1)))
+
+
+def init_weights(m: nn.Module) -> None:
+    """MedMamba's (and the public CLEAR-Mamba code's) init: trunc-normal(0.02) linears with zero bias, unit
+    LayerNorms, kaiming fan-out convs."""
+    if isinstance(m, nn.Linear):
+        nn.init.trunc_normal_(m.weight, std=0.02)
+        if m.bias is not None:
+            nn.init.zeros_(m.bias)
+    elif isinstance(m, nn.LayerNorm):
+        nn.init.ones_(m.weight)
+        nn.init.zeros_(m.bias)
+    elif isinstance(m, nn.Conv2d):
+        nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")

@@ -14,7 +14,7 @@ from dataclasses import dataclass, replace
 import torch
 import torch.nn as nn
 
-from .layers import DropPath, PatchEmbed2D, PatchMerging2D, channel_shuffle
+from .layers import DropPath, PatchEmbed2D, PatchMerging2D, channel_shuffle, init_weights
 from .registry import register_model
 from .ss2d import SS2D
 
@@ -152,7 +152,7 @@ class MedMamba(nn.Module):
         )
         self.head_drop = nn.Dropout(cfg.drop_rate)
         self.head = nn.Linear(self.num_features, cfg.num_classes)
-        self.apply(_init_weights)
+        self.apply(init_weights)
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """b in_chans H W -> last feature map b num_features ceil(H/32) ceil(W/32)."""
@@ -181,19 +181,6 @@ class MedMamba(nn.Module):
 
     def no_weight_decay(self) -> set[str]:
         return {n for n, p in self.named_parameters() if getattr(p, "_no_weight_decay", False)}
-
-
-def _init_weights(m: nn.Module) -> None:
-    """MedMamba's init: trunc-normal(0.02) linears, unit LayerNorms, kaiming fan-out convs."""
-    if isinstance(m, nn.Linear):
-        nn.init.trunc_normal_(m.weight, std=0.02)
-        if m.bias is not None:
-            nn.init.zeros_(m.bias)
-    elif isinstance(m, nn.LayerNorm):
-        nn.init.ones_(m.weight)
-        nn.init.zeros_(m.bias)
-    elif isinstance(m, nn.Conv2d):
-        nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
 
 
 SIZES: dict[str, MedMambaConfig] = {
