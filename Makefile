@@ -30,7 +30,7 @@ setup: $(STAMP)
 
 # system packages (fonts, OCR, browser, Fashion-MNIST), the same step CI runs; a no-op once installed
 system:
-	@.ci/setup-system
+	@CLEARMAMBA_VENV=$(VENV) .ci/setup-system
 
 # re-resolve pyproject's ranges (all extras + test tools) into the lock, torch held at the local CPU wheel
 lock: $(BIN)/python

@@ -137,6 +137,27 @@ def test_idx_round_trip_plain_and_gzip(tmp_path):
         mnist.read_idx(tmp_path / "short-ubyte")
 
 
+def test_fashion_mnist_is_found_in_the_system_folder_then_the_venv_then_the_variable(tmp_path, monkeypatch):
+    rng = np.random.default_rng(2)
+    system, venv, chosen = tmp_path / "system", tmp_path / "venv", tmp_path / "chosen"
+    for root, n in ((venv, 4), (chosen, 3)):
+        root.mkdir()
+        (root / "t10k-images-idx3-ubyte.gz").write_bytes(
+            gzip.compress(_idx_bytes(rng.integers(0, 256, (n, 28, 28), dtype=np.uint8)))
+        )
+        (root / "t10k-labels-idx1-ubyte.gz").write_bytes(gzip.compress(_idx_bytes(np.arange(n) % 10)))
+    monkeypatch.setattr(mnist, "FASHION_MNIST_DIR", system)
+    monkeypatch.setattr(mnist, "FASHION_MNIST_VENV_DIR", venv)
+    monkeypatch.delenv(mnist.FASHION_MNIST_ENV, raising=False)
+    assert len(mnist.load_fashion_mnist("test")) == 4  # the system folder is empty: the venv's copy
+    monkeypatch.setenv(mnist.FASHION_MNIST_ENV, str(chosen))
+    assert len(mnist.load_fashion_mnist("test")) == 3
+    monkeypatch.setattr(mnist, "FASHION_MNIST_VENV_DIR", tmp_path / "nowhere")
+    monkeypatch.delenv(mnist.FASHION_MNIST_ENV)
+    with pytest.raises(DataError, match="system"):  # reported where the Debian package puts the files
+        mnist.load_fashion_mnist("test")
+
+
 def _medmnist_file(path: Path, sizes=(5, 2, 3)) -> Path:
     rng = np.random.default_rng(1)
     arrays = {}

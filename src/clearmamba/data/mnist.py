@@ -8,7 +8,9 @@ from __future__ import annotations
 import gzip
 import hashlib
 import io
+import os
 import pickle
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -30,7 +32,10 @@ FASHION_MNIST_CLASSES = (
     "bag",
     "ankle boot",
 )
-FASHION_MNIST_DIR = Path("/usr/share/datasets/fashion-mnist")  # Debian package dataset-fashion-mnist
+# Debian package dataset-fashion-mnist; without root, `make system` unpacks the same package into the venv
+FASHION_MNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
+FASHION_MNIST_VENV_DIR = Path(sys.prefix) / "share" / "datasets" / "fashion-mnist"
+FASHION_MNIST_ENV = "CLEARMAMBA_FASHION_MNIST"  # a folder holding the four IDX files, wherever they came from
 IDX_TYPES = {0x08: np.uint8, 0x09: np.int8, 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
 
 
@@ -131,12 +136,23 @@ def load_idx(
     )
 
 
-def load_fashion_mnist(split: str = "test", root: str | Path = FASHION_MNIST_DIR) -> ExamSet:
-    """Fashion-MNIST from IDX files (Debian ``dataset-fashion-mnist`` puts them in ``FASHION_MNIST_DIR``)."""
+def fashion_mnist_dir() -> Path:
+    """``$CLEARMAMBA_FASHION_MNIST`` when set, else the system folder, else the venv's, else the system folder
+    (so that a missing file is reported where the Debian package would put it)."""
+    if os.environ.get(FASHION_MNIST_ENV):
+        return Path(os.environ[FASHION_MNIST_ENV])
+    for root in (FASHION_MNIST_DIR, FASHION_MNIST_VENV_DIR):
+        if (root / "t10k-images-idx3-ubyte.gz").exists():
+            return root
+    return FASHION_MNIST_DIR
+
+
+def load_fashion_mnist(split: str = "test", root: str | Path | None = None) -> ExamSet:
+    """Fashion-MNIST from IDX files in ``root``, by default :func:`fashion_mnist_dir`."""
     prefix = {"train": "train", "test": "t10k"}.get(split)
     if prefix is None:
         raise DataError(f"load_fashion_mnist: split {split!r}; expected 'train' or 'test'")
-    root = Path(root)
+    root = Path(root) if root is not None else fashion_mnist_dir()
     return load_idx(
         root / f"{prefix}-images-idx3-ubyte.gz",
         root / f"{prefix}-labels-idx1-ubyte.gz",

