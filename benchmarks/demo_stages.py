@@ -66,6 +66,8 @@ def run_once(full: bool) -> tuple[float, dict[str, float]]:
     patches = {
         "load_builtin": timed(lambda *a, **k: "data", demo.load_builtin),
         "train_twins": timed(lambda *a, **k: "train (the three twins)", demo.train_twins),
+        "held_out_cameras": timed(lambda *a, **k: "held-out cameras (11 cameras, plain and +bn)",
+                                  demo.held_out_cameras),
         "load_run": timed(loading_stage, demo.load_run),
         "predict": timed(lambda *a, **k: f"evaluate {current['model']}", demo.predict),
         "write_evaluation": timed(lambda *a, **k: "report", demo.write_evaluation),

@@ -56,10 +56,18 @@ def scan_sections() -> list[str]:
     return sections
 
 
-def render(command: str, host: dict, seconds: float | None) -> str:
+def previous_header() -> str | None:
+    """The "Produced by" paragraph of the current doc: a re-render keeps the machine of the run it describes."""
+    if not DOC.exists():
+        return None
+    return next((line + "\n" for line in DOC.read_text().splitlines() if line.startswith("Produced by")), None)
+
+
+def render(command: str, host: dict, seconds: float | None, header: str | None = None) -> str:
     parts = [
         "# Benchmarks\n",
-        f"Produced by `{command}` (`make bench`){f' in {seconds / 60:.1f} min' if seconds else ''}. Machine: "
+        header
+        or f"Produced by `{command}` (`make bench`){f' in {seconds / 60:.1f} min' if seconds else ''}. Machine: "
         f"{describe(host)}. The machine is shared with other jobs, so ratios between alternatives timed side "
         "by side in one process are the results; absolute times are context. Benchmarks run at 1 intra-op "
         "thread by default: on a loaded 2-core machine every extra OpenMP barrier waits for a descheduled "
@@ -98,7 +106,7 @@ def main(argv=None) -> None:
     torch.set_num_threads(args.threads)
     host = machine()
     if args.render_only:
-        write_doc(render(command, host, None))
+        write_doc(render(command, host, None, header=previous_header()))
         return
     start = time.perf_counter()
     steps = [
