@@ -86,3 +86,14 @@ def test_text_on_the_retina_is_found_and_erased(font):
     reads = " ".join(b.text for k in range(4) for b in ocr(np.ascontiguousarray(np.rot90(clean, k))))
     assert not re.search(r"\d{3,}", reads.replace(" ", "")), reads
     assert clean[fov].mean() > 20  # inpainted retina, not a black hole
+
+
+def test_allocator_arena_changes_speed_not_results():
+    from clearmamba.engine.ocr import RapidOcrEngine
+
+    img, _, _ = _frame("cjk", vertical=True)
+    without, with_arena = RapidOcrEngine(arena=False), RapidOcrEngine(arena=True)
+    for _ in range(2):  # the second call re-uses the arena's buffers
+        a, b = without(img), with_arena(img)
+        assert len(a) >= 2 and [(x.quad, x.text) for x in a] == [(y.quad, y.text) for y in b]
+        np.testing.assert_allclose([x.score for x in a], [y.score for y in b], rtol=1e-5)
