@@ -45,6 +45,28 @@ def from_json(cls: type[T], data: Any, where: str = "") -> T:
     return _convert(cls, data, where or cls.__name__)
 
 
+def fields_from_json(cls: type[T], data: Any, where: str, noun: str = "") -> T:
+    """The dataclass part of :func:`from_json`, for a class that spells its own ``from_dict`` on top of it;
+    ``noun`` names its fields in the unknown-field error ("camera " -> "unknown camera field(s)")."""
+    if not isinstance(data, dict):
+        raise _fail(where, f"an object ({cls.__name__})", data)
+    hints = get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
+    unknown = sorted(set(data) - set(fields))
+    if unknown:
+        raise ConfigError(f"{where}: unknown {noun}field(s) {unknown}; expected some of {sorted(fields)}")
+    kwargs = {}
+    for name, f in fields.items():
+        if name in data:
+            kwargs[name] = _convert(hints[name], data[name], f"{where}.{name}")
+        elif f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
+            raise ConfigError(f"{where}.{name}: missing; expected a value ({hints[name]})")
+    try:
+        return cls(**kwargs)
+    except (ValueError, TypeError) as error:
+        raise ConfigError(f"{where}: {error}") from None
+
+
 def _fail(where: str, expected: str, got: Any) -> ConfigError:
     shown = repr(got) if len(repr(got)) < 60 else type(got).__name__
     return ConfigError(f"{where}: expected {expected}, got {shown}")
@@ -71,23 +93,7 @@ def _convert(tp: Any, value: Any, where: str) -> Any:
         except ValueError as error:
             raise ConfigError(str(error)) from None
     if dataclasses.is_dataclass(tp):
-        if not isinstance(value, dict):
-            raise _fail(where, f"an object ({tp.__name__})", value)
-        hints = get_type_hints(tp)
-        fields = {f.name: f for f in dataclasses.fields(tp) if f.init}
-        unknown = sorted(set(value) - set(fields))
-        if unknown:
-            raise ConfigError(f"{where}: unknown field(s) {unknown}; expected some of {sorted(fields)}")
-        kwargs = {}
-        for name, f in fields.items():
-            if name in value:
-                kwargs[name] = _convert(hints[name], value[name], f"{where}.{name}")
-            elif f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
-                raise ConfigError(f"{where}.{name}: missing; expected a value ({hints[name]})")
-        try:
-            return tp(**kwargs)
-        except (ValueError, TypeError) as error:
-            raise ConfigError(f"{where}: {error}") from None
+        return fields_from_json(tp, value, where)
     if origin is tuple:
         if not isinstance(value, (list, tuple)):
             raise _fail(where, "a list", value)

@@ -16,12 +16,13 @@ reach it.
 from __future__ import annotations
 
 import copy
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 
 import torch
 from torch import Tensor, nn
 
 from clearmamba.adaptation.unlabelled import UnlabelledExams
+from clearmamba.serialize import fields_from_json
 
 NORM_KINDS = {"batch": nn.modules.batchnorm._BatchNorm, "layer": nn.LayerNorm, "group": nn.GroupNorm}
 
@@ -60,11 +61,7 @@ class AdaptationConfig:
 
     @classmethod
     def from_dict(cls, record: dict, where: str = "adaptation") -> AdaptationConfig:
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(record) - known)
-        if unknown:
-            raise ValueError(f"{where}: unknown adaptation field(s) {unknown}; expected some of {sorted(known)}")
-        return cls(**record)
+        return fields_from_json(cls, record, where, noun="adaptation ")
 
 
 @dataclass

@@ -29,6 +29,7 @@ from einops import rearrange
 from torch import Tensor
 
 from clearmamba.data.devices import DeviceProfile, blur_resolution_matrix
+from clearmamba.serialize import fields_from_json
 
 # physical bounds of each parameter (a camera outside them is a typo, not a camera)
 BOUNDS: dict[str, tuple[float, float]] = {
@@ -113,13 +114,7 @@ class Camera:
     @classmethod
     def from_dict(cls, record: dict, where: str = "camera") -> Camera:
         """Inverse of :meth:`to_dict`; ``where`` names the record in error messages (e.g. a file)."""
-        if not isinstance(record, dict):
-            raise ValueError(f"{where}: expected an object of camera parameters, got {type(record).__name__}")
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(record) - known)
-        if unknown:
-            raise ValueError(f"{where}: unknown camera field(s) {unknown}; expected some of {sorted(known)}")
-        return cls(**record)
+        return fields_from_json(cls, record, where, noun="camera ")
 
     def differs_from(self, other: Camera) -> tuple[str, ...]:
         """Names of the parameters whose values differ (``name`` aside)."""

@@ -19,13 +19,15 @@ level, as long as the FOV threshold separates the same pixels (a sharp aperture,
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 from torch.utils.data import Dataset
+
+from clearmamba.serialize import fields_from_json
 
 
 @dataclass(frozen=True)
@@ -255,12 +257,7 @@ class Preprocessing:
             kind = STEPS.get(entry.pop("name", None))
             if kind is None:
                 raise ValueError(f"{where}: steps[{i}].name must be one of {sorted(STEPS)}, got {record['steps'][i]!r}")
-            known = {f.name for f in fields(kind)}
-            unknown = sorted(set(entry) - known)
-            if unknown:
-                raise ValueError(f"{where}: steps[{i}] ({kind.name}) has unknown field(s) {unknown}; expected some "
-                                 f"of {sorted(known)}")  # fmt: skip
-            steps.append(kind(**entry))
+            steps.append(fields_from_json(kind, entry, f"{where}: steps[{i}] ({kind.name})"))
         return cls(tuple(steps))
 
 
