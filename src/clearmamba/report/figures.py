@@ -124,13 +124,20 @@ def reliability_figure(panels: Sequence[tuple[str, Tensor, Tensor]], n_bins: int
             ax.text(0.09, 0.17, "honest", fontsize=12, rotation=45, ha="center", va="center", color=BLACK)
             for lo, hi, a, c in zip(lower[filled], upper[filled], acc[filled], count[filled]):
                 ax.text((lo + hi) / 2, min(a, 0.93) + 0.02, f"{int(c)}", ha="center", fontsize=9, color="#444444")
-            ax.set(xlim=(0, 1), ylim=(0, 1.02), title=plain(title))
-            ax.set_xlabel("how sure the model said it was")
-            ax.set_ylabel("how often it was right")
-            ax.xaxis.set_major_formatter(_percent_formatter())
-            ax.yaxis.set_major_formatter(_percent_formatter())
+            _percent_axes(ax, title, "how sure the model said it was", "how often it was right", ylim=(0, 1.02))
         fig.tight_layout()
         return to_data_uri(fig)
+
+
+def _percent_axes(ax, title: str, xlabel: str, ylabel: str, xlim=(0, 1), ylim=None) -> None:
+    """Title, axis labels and percent ticks on both axes."""
+    ax.set(xlim=xlim, title=plain(title))
+    if ylim is not None:
+        ax.set_ylim(*ylim)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.xaxis.set_major_formatter(_percent_formatter())
+    ax.yaxis.set_major_formatter(_percent_formatter())
 
 
 def _percent_formatter():
@@ -255,11 +262,8 @@ def referral_figure(
             )
         for f in fractions:
             ax.axvline(f, color="#999999", lw=0.8, ls=":")
-        ax.set(xlim=(0, max_referred), title=plain(title))
-        ax.set_xlabel("share of exams referred to a doctor (the model's least sure first)")
-        ax.set_ylabel("accuracy on the exams the model keeps")
-        ax.xaxis.set_major_formatter(_percent_formatter())
-        ax.yaxis.set_major_formatter(_percent_formatter())
+        _percent_axes(ax, title, "share of exams referred to a doctor (the model's least sure first)",
+                      "accuracy on the exams the model keeps", xlim=(0, max_referred))
         fig.tight_layout()
         return to_data_uri(fig)
 
@@ -285,11 +289,7 @@ def draw_ood_roc(fig, panels: Sequence[tuple[str, Sequence[tuple[str, Tensor, Te
             ax.text(0.97, 0.04 + 0.085 * (len(lines) - 1 - i), label, transform=ax.transAxes, ha="right",
                     va="bottom", fontsize=11, fontweight="bold", color=colour,
                     bbox={"boxstyle": "round,pad=0.15", "fc": "white", "ec": "none", "alpha": 0.9})  # fmt: skip
-        ax.set(xlim=(0, 1), ylim=(0, 1.02), title=plain(title))
-        ax.set_xlabel("normal exams wrongly flagged")
-        ax.set_ylabel("unfamiliar images caught")
-        ax.xaxis.set_major_formatter(_percent_formatter())
-        ax.yaxis.set_major_formatter(_percent_formatter())
+        _percent_axes(ax, title, "normal exams wrongly flagged", "unfamiliar images caught", ylim=(0, 1.02))
     fig.tight_layout()
     return axes
 
