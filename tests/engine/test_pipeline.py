@@ -16,6 +16,7 @@ import pytest
 
 import clearmamba
 from clearmamba.engine.pipeline import CRASH_ENV, canonical_state, run, status
+from clearmamba.engine.state import peek_sources
 
 SRC = str(Path(clearmamba.__file__).resolve().parents[1])
 
@@ -161,17 +162,11 @@ def test_workers_die_when_the_run_alone_is_killed(corpus, tmp_path):
 def test_kill9_mid_run_then_resume_equals_uninterrupted(corpus, uninterrupted, tmp_path):
     out = tmp_path / "out"
     proc = _run_subprocess(corpus["root"], out, 2)
-    db = out / "private" / "state.sqlite"
     done, deadline = 0, time.time() + 120
     while time.time() < deadline and proc.poll() is None:
-        if db.exists():
-            try:
-                with sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=1) as con:
-                    done = con.execute("SELECT COUNT(*) FROM sources WHERE status='done'").fetchone()[0]
-            except sqlite3.OperationalError:
-                done = 0
-            if done >= 1:
-                break
+        done = (peek_sources(out) or {}).get("done", 0)
+        if done >= 1:
+            break
         time.sleep(0.05)
     os.killpg(proc.pid, signal.SIGKILL)  # the run and its pool workers, as a power cut would
     proc.wait(timeout=30)

@@ -25,7 +25,7 @@ from pathlib import Path
 
 from clearmamba.engine.errors import InputFolderError, NoStateError, OutFolderError
 from clearmamba.engine.extract import DEFAULT_LIMITS, Limits
-from clearmamba.engine.state import State, write_private
+from clearmamba.engine.state import State, state_path, write_private
 
 CRASH_ENV = "CLEARMAMBA_ENGINE_CRASH_BEFORE_COMMIT"  # fault injection for the resume tests: SIGKILL self
 WORKER_CRASH_ENV = "CLEARMAMBA_ENGINE_CRASH_WORKER_ON"  # fault injection: a worker dies on this file name
@@ -35,7 +35,7 @@ def check_out(out_dir: Path) -> None:
     """``--out`` must be a new or empty folder, or the output folder of an earlier run (to resume)."""
     if out_dir.exists() and not out_dir.is_dir():
         raise OutFolderError(f"--out {out_dir}: is a file; expected a folder (new, empty, or an earlier run's)")
-    if out_dir.is_dir() and not (out_dir / "private" / "state.sqlite").exists():
+    if out_dir.is_dir() and not state_path(out_dir).exists():
         stray = sorted(p.name for p in out_dir.iterdir() if p.name not in ("images", "quarantine", "private"))
         if stray:
             shown = ", ".join(stray[:3]) + (", ..." if len(stray) > 3 else "")
@@ -55,7 +55,7 @@ def prepare_out(out_dir: Path) -> tuple[State, bytes]:
         key_file = private / "secret.key"
         if not key_file.exists():
             write_private(key_file, os.urandom(32))
-        return State(private / "state.sqlite"), key_file.read_bytes()
+        return State(state_path(out_dir)), key_file.read_bytes()
     except PermissionError as err:
         raise OutFolderError(f"--out {out_dir}: cannot write there ({err.strerror}: {err.filename}); "
                              "expected a folder you can write to") from None
@@ -256,7 +256,7 @@ class _progress:
 
 
 def status(out_dir: str | Path) -> dict:
-    path = Path(out_dir) / "private" / "state.sqlite"
+    path = state_path(out_dir)
     if not path.exists():
         raise NoStateError(f"--out {out_dir}: no engine state here ({path} is missing); run "
                            "'clearmamba engine run PDF_FOLDER --out ...' first")
@@ -272,7 +272,7 @@ def canonical_state(out_dir: str | Path, pdf_root: str | Path) -> dict:
     outputs keyed by source file, page and position, with their fields and image hashes; the reports of each
     source; which reports share a patient; review items; failures."""
     out_dir, pdf_root = Path(out_dir), Path(pdf_root).resolve()
-    state = State(out_dir / "private" / "state.sqlite")
+    state = State(state_path(out_dir))
     try:
         db = state.db
         rel = {

@@ -10,7 +10,7 @@ import secrets
 from pathlib import Path
 
 from clearmamba.engine.errors import NoStateError
-from clearmamba.engine.state import EYES, MODALITIES, State
+from clearmamba.engine.state import EYES, MODALITIES, State, state_path
 
 COOKIE = "clearmamba_review"
 SERVED_FOLDERS = ("images", "quarantine")
@@ -81,7 +81,7 @@ def create_app(out_dir: str | Path, token: str, allowed_hosts: tuple[str, ...] =
     from starlette.middleware.trustedhost import TrustedHostMiddleware
 
     out_dir = Path(out_dir).resolve()
-    db_path = out_dir / "private" / "state.sqlite"
+    db_path = state_path(out_dir)
     if not db_path.exists():
         raise NoStateError(f"--out {out_dir}: no engine state here ({db_path} is missing); run "
                            "'clearmamba engine run PDF_FOLDER --out ...' first")

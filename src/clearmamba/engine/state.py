@@ -11,11 +11,31 @@ import os
 import secrets
 import sqlite3
 import time
+from contextlib import closing
 from pathlib import Path
 
 from clearmamba.atomic import atomic_write_bytes
 from clearmamba.engine.errors import OutFolderError
 from clearmamba.engine.match import frame_order_key
+
+
+def state_path(out_dir: str | Path) -> Path:
+    """Where a run's state lives inside its output folder."""
+    return Path(out_dir) / "private" / "state.sqlite"
+
+
+def peek_sources(out_dir: str | Path) -> dict[str, int] | None:
+    """Sources per status of a run another process may be writing, read-only (it never takes the run's write
+    lock): ``{}`` before the state file exists, ``None`` while it is busy."""
+    db = state_path(out_dir)
+    if not db.exists():
+        return {}
+    try:
+        with closing(sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=1)) as con:
+            return dict(con.execute("SELECT status, COUNT(*) FROM sources GROUP BY status").fetchall())
+    except sqlite3.OperationalError:
+        return None
+
 
 SCHEMA_VERSION = "2"  # 2: one PDF may hold several reports (table reports)
 SCHEMA = """
