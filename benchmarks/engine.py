@@ -27,6 +27,8 @@ import time
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
+from clearmamba.engine.state import peek_sources, state_path
+
 RESULTS = Path(__file__).resolve().parent / "results"
 
 
@@ -51,7 +53,7 @@ def _cpu_seconds() -> float:
 
 
 def accuracy(out: Path, truths: list) -> dict:
-    con = sqlite3.connect(out / "private" / "state.sqlite")
+    con = sqlite3.connect(state_path(out))
     con.row_factory = sqlite3.Row
     sources = {Path(r["path"]).name: r["id"] for r in con.execute("SELECT id, path FROM sources")}
     reports = {(r["source_id"], r["idx"]): r for r in con.execute("SELECT * FROM reports")}
@@ -193,7 +195,7 @@ def phi_scan(out: Path, truths: list, workers: int) -> dict:
     files = sorted(str(f) for sub in ("images", "quarantine") for f in (out / sub).glob("*.png"))
     with ProcessPoolExecutor(workers) as pool:
         rows = list(pool.map(_scan_one, [(f, planted, names) for f in files], chunksize=4))
-    con = sqlite3.connect(out / "private" / "state.sqlite")
+    con = sqlite3.connect(state_path(out))
     shown = " ".join(r[0] for r in con.execute("SELECT fields FROM review_items"))
     shown += " ".join(str(r) for r in con.execute("SELECT * FROM outputs"))
     shown += " ".join(str(r) for r in con.execute("SELECT label, diagnosis FROM reports"))
@@ -228,14 +230,11 @@ def kill_and_resume(pdfs: Path, out: Path, workers: int, n_sources: int) -> dict
            "progress=False)"
     proc = subprocess.Popen([sys.executable, "-c", code], env={**os.environ, "PYTHONPATH": src},
                             start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    db, done = out / "private" / "state.sqlite", 0
+    done = 0
     while proc.poll() is None:
-        if db.exists():
-            try:
-                with sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=1) as con:
-                    done = con.execute("SELECT COUNT(*) FROM sources WHERE status!='pending'").fetchone()[0]
-            except sqlite3.OperationalError:
-                pass
+        counts = peek_sources(out)
+        if counts is not None:
+            done = _finished(counts)
             if done >= n_sources // 2:
                 break
         time.sleep(0.1)
@@ -247,6 +246,11 @@ def kill_and_resume(pdfs: Path, out: Path, workers: int, n_sources: int) -> dict
     run(pdfs, out, workers=workers, progress=False)
     return {"killed_after_sources": done, "of_sources": n_sources, "orphan_workers_after_kill": len(orphans),
             "resume_seconds": round(time.time() - t0, 1)}
+
+
+def _finished(counts: dict[str, int]) -> int:
+    """Sources done or failed, from :func:`peek_sources`."""
+    return sum(n for status, n in counts.items() if status != "pending")
 
 
 def _proc_sample(pid: int) -> tuple[float, float]:
@@ -285,18 +289,14 @@ def soak(args, style) -> dict:
         generate_corpus(tmp / "pdfs", args.soak, seed=args.seed, style=style)
         gen_s = time.time() - t0
         samples, stop = [], threading.Event()
-        db = tmp / "out" / "private" / "state.sqlite"
 
         def sample() -> None:
             start = time.time()
             while not stop.wait(1.0):
-                done = 0
-                if db.exists():
-                    try:
-                        with sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=1) as con:
-                            done = con.execute("SELECT COUNT(*) FROM sources WHERE status!='pending'").fetchone()[0]
-                    except sqlite3.OperationalError:
-                        continue
+                counts = peek_sources(tmp / "out")
+                if counts is None:  # busy: skip this sample
+                    continue
+                done = _finished(counts)
                 own = _proc_sample(os.getpid())
                 kids = [_proc_sample(k) for k in _workers(os.getpid())]
                 samples.append({"t": time.time() - start, "done": done, "parent_rss_mb": own[0],
@@ -315,10 +315,13 @@ def soak(args, style) -> dict:
                         "worker_rss_mb": samples[-1]["worker_rss_mb"] if samples else [],
                         "cpu_s": _proc_sample(os.getpid())[1] + kids.ru_utime + kids.ru_stime,
                         "load": os.getloadavg()[0]})
-        db_mb = db.stat().st_size / 2**20
+        db_mb = state_path(tmp / "out").stat().st_size / 2**20
+    # a live sample that already counts every report may come after the workers exited (their CPU missing from
+    # /proc): the last window ends at the sample taken after the run, which has the reaped workers' CPU
+    ends = [x for x in samples[:-1] if x["done"] < args.soak] + samples[-1:]
     windows, last = [], {"t": 0.0, "done": 0, "cpu_s": 0.0}
     for edge in range(args.window, args.soak + 1, args.window):
-        at = next((x for x in samples if x["done"] >= edge), None)
+        at = next((x for x in ends if x["done"] >= edge), None)
         if at is None:
             break
         inside = [x for x in samples if last["done"] <= x["done"] <= at["done"] and x["worker_rss_mb"]]
@@ -380,7 +383,7 @@ def main(argv: list[str] | None = None) -> dict:
             resume = kill_and_resume(pdfs, tmp / "resumed", args.workers, len(before))
             equal = canonical_state(tmp / "resumed", pdfs) == canonical_state(tmp / "out", pdfs)
             stats: dict = {}
-            with sqlite3.connect(tmp / "out" / "private" / "state.sqlite") as con:
+            with sqlite3.connect(state_path(tmp / "out")) as con:
                 for (raw,) in con.execute("SELECT stats FROM sources WHERE stats IS NOT NULL"):
                     for k, v in json.loads(raw).items():
                         stats[k] = stats.get(k, 0) + v
